@@ -1,0 +1,1 @@
+"""MAE AutoML's search layer: schema reader, search spaces, policy, Ray Tune runner, MLflow tracking."""
