@@ -131,8 +131,8 @@ class AugmentationConfig(Section):
     )
     max_scale: float = param(
         2.0,
-        "RandomResizedCrop: largest crop area fraction. Values above 1 are accepted as in TAO: the "
-        "sampled fraction is clamped to the whole image, so they make whole-image crops more frequent.",
+        "RandomResizedCrop: largest crop area fraction. Above 1 (TAO's default 2.0) draws that do not fit are "
+        "redrawn, as in torchvision; after 10 misses the whole image is used (see docs/data.md).",
         gt=0.0,
         le=4.0,
     )
@@ -461,7 +461,7 @@ class ExportConfig(Section):
     checkpoint: str | None = param(None, "Checkpoint (or results folder) to export.")
     onnx_file: str | None = param(None, "Output ONNX path; default <results_dir>/export/<model_name>.onnx.")
     format: Literal["onnx"] = param("onnx", "Export format.")
-    opset_version: int = param(17, "ONNX opset.", ge=13, le=23)
+    opset_version: int = param(17, "ONNX opset (14+ for ViT/Hiera attention).", ge=13, le=23)
     batch_size: int = param(-1, "Static batch size, or -1 for a dynamic batch dimension.", ge=-1, le=65536)
     input_channel: int = param(3, "Input channels.", ge=1, le=4)
     input_height: int | None = param(
@@ -473,6 +473,7 @@ class ExportConfig(Section):
     on_cpu: bool = param(False, "Export on the CPU even when a GPU is present.")
     gpu_id: int = param(0, "GPU used for export.", ge=0)
     verbose: bool = param(False, "Print the exporter's details.")
+    overwrite: bool = param(False, "Replace an existing onnx_file (and its .onnx.data); false refuses.")
     results_dir: str | None = param(None, "Where export writes; default <results_dir>/export.")
 
     @model_validator(mode="after")
@@ -531,6 +532,7 @@ class GenTrtEngineConfig(Section):
     batch_size: int = param(-1, "Static batch, or -1 to use the min/opt/max profile.", ge=-1, le=65536)
     gpu_id: int = param(0, "GPU that builds the engine.", ge=0)
     verbose: bool = param(False, "Verbose TensorRT logging.")
+    overwrite: bool = param(False, "Replace an existing trt_engine (and its .json); false refuses.")
     results_dir: str | None = param(
         None, "Where gen_trt_engine writes; default <results_dir>/gen_trt_engine."
     )

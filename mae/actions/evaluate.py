@@ -1,0 +1,81 @@
+"""mae evaluate: loss, top-1/top-5 and a confusion matrix for a classifier; reconstruction loss for an MAE."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from mae.config import ExperimentConfig
+
+log = logging.getLogger("mae")
+
+
+def eval_aug(cfg: ExperimentConfig, loaded):
+    """The spec's evaluation transform at the model's input size and normalisation."""
+    from mae.engine.loading import normalisation
+
+    mean, std = normalisation(loaded, cfg)
+    return cfg.dataset.augmentation.model_copy(
+        update={"input_size": loaded.img_size, "mean": mean, "std": std}
+    )
+
+
+def run(cfg: ExperimentConfig) -> dict:
+    from mae.data import build_eval_transform
+    from mae.engine import data as D
+    from mae.engine.callbacks import StatusLog
+    from mae.engine.evaluation import (
+        batch_size,
+        classification_metrics,
+        eval_loader,
+        pick_device,
+        reconstruction_loss,
+        save_confusion_png,
+    )
+    from mae.engine.loading import load_for_action
+    from mae.errors import ConfigError
+
+    e = cfg.evaluate
+    loaded = load_for_action(cfg, e, "evaluate", stage=cfg.train.stage)
+    out = Path(cfg.action_results_dir("evaluate"))
+    out.mkdir(parents=True, exist_ok=True)
+    status = StatusLog(out / "status.json")
+    status.write("STARTED", f"Evaluating {loaded.path}.")
+    device = pick_device(e)
+    transform = build_eval_transform(eval_aug(cfg, loaded))
+    bs = batch_size(cfg, e)
+    if loaded.stage == "finetune":
+        ds, classes = D.class_dataset(
+            cfg.dataset.val_data_sources,
+            "dataset.val_data_sources",
+            transform,
+            classes=loaded.classes,
+            on_error="drop",
+        )
+        n_out = loaded.network.num_classes
+        if len(classes) != n_out:
+            raise ConfigError(
+                f"dataset.val_data_sources has {len(classes)} class folders but the checkpoint's "
+                f"head has {n_out} classes; evaluate on the class folders it was trained on"
+            )
+        m = classification_metrics(loaded.network, eval_loader(ds, cfg, bs), device, n_out)
+        save_confusion_png(m.pop("confusion"), classes, out / "confusion_matrix.png")
+        D.save_classes(classes, out)
+    else:
+        ds = D.ssl_dataset(
+            cfg.dataset.val_data_sources, "dataset.val_data_sources", transform, on_error="drop"
+        )
+        m = reconstruction_loss(
+            loaded.network, eval_loader(ds, cfg, bs), device, cfg.train.mask_ratio, cfg.train.seed
+        )
+    m["checkpoint"] = str(loaded.path)
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(m, indent=1) + "\n")
+    tmp.replace(out / "results.json")
+    kpi = {k: v for k, v in m.items() if isinstance(v, float)}
+    status.write("SUCCESS", "Evaluation finished successfully.", kpi=kpi)
+    for k, v in kpi.items():
+        print(f"evaluate: {k}={v:.4f}")
+    print(f"evaluate: results in {out}")
+    return m

@@ -1,0 +1,119 @@
+"""Per-epoch recording: status.json (TAO's one-JSON-object-per-line log), MLflow, throughput, and the hook
+through which a caller (the AutoML trial) receives each epoch's metrics without `mae` importing `automl`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+log = logging.getLogger("mae")
+
+EpochHook = Callable[[int, dict[str, float]], None]
+
+
+def epoch_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    """The epoch's logged metrics as plain floats (NaN kept, so a diverged run is visible)."""
+    out = {}
+    for k, v in trainer.callback_metrics.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            out[k] = float(v)
+        elif isinstance(v, (int, float)):
+            out[k] = float(v)
+    return out
+
+
+class StatusLog:
+    """Appends TAO-style status lines to <results>/status.json (one JSON object per line, flushed each time)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, status: str, message: str, **extra: Any) -> None:
+        now = dt.datetime.now()
+        record = {
+            "date": now.strftime("%-m/%-d/%Y"),
+            "time": now.strftime("%H:%M:%S"),
+            "status": status,
+            "verbosity": "INFO" if status != "FAILURE" else "ERROR",
+            "message": message,
+            **extra,
+        }
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, allow_nan=True) + "\n")
+            f.flush()
+
+
+class EpochRecorder(pl.Callback):
+    """Measures each epoch (time, images/s, peak memory), then writes status.json, MLflow and the hook."""
+
+    def __init__(
+        self,
+        status: StatusLog | None,
+        mlflow=None,
+        hook: EpochHook | None = None,
+        print_epochs: bool | None = None,
+    ):
+        self.status = status
+        self.mlflow = mlflow
+        self.hook = hook
+        self.print_epochs = (not sys.stderr.isatty()) if print_epochs is None else print_epochs
+        self._t0 = 0.0
+        self._images = 0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._t0 = time.perf_counter()
+        self._images = 0
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        imgs = batch[0] if isinstance(batch, (list, tuple)) else batch
+        self._images += int(imgs.shape[0])
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        elapsed = time.perf_counter() - self._t0
+        metrics = epoch_metrics(trainer)
+        metrics["epoch_time_s"] = elapsed
+        metrics["images_per_sec"] = self._images * trainer.world_size / max(elapsed, 1e-9)
+        if torch.cuda.is_available():
+            metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        epoch = trainer.current_epoch
+        if trainer.is_global_zero:
+            max_epochs = trainer.max_epochs or 0
+            shown = {k: round(v, 6) for k, v in metrics.items() if math.isfinite(v)}
+            if self.print_epochs:
+                log.info(
+                    "epoch %d/%d: %s",
+                    epoch + 1,
+                    max_epochs,
+                    ", ".join(f"{k}={v:.4g}" for k, v in sorted(shown.items())),
+                )
+            if self.status is not None:
+                remaining = (max_epochs - epoch - 1) * elapsed
+                self.status.write(
+                    "RUNNING",
+                    "Train metrics generated.",
+                    epoch=epoch,
+                    max_epoch=max_epochs,
+                    time_per_epoch=str(dt.timedelta(seconds=round(elapsed))),
+                    eta=str(dt.timedelta(seconds=round(remaining))),
+                    kpi=shown,
+                )
+            if self.mlflow is not None:
+                self.mlflow.log_metrics(metrics, step=epoch)
+        if self.hook is not None:
+            self.hook(epoch, metrics)

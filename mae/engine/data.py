@@ -1,0 +1,141 @@
+"""Datasets and loaders for the engine, from the spec, with per-sample seeding.
+
+Each training sample's augmentation is seeded from (seed, epoch, index), not from a worker's running RNG, so
+the augmented batches of an epoch do not depend on the number of workers, on persistent workers, or on where a
+run was interrupted and resumed. The sampler shards a seeded per-epoch permutation across DDP ranks itself
+(Lightning's own distributed sampler is turned off).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from mae.config import ExperimentConfig
+from mae.errors import ConfigError
+
+
+def _as_list(sources) -> list[str]:
+    return [sources] if isinstance(sources, str) else list(sources or [])
+
+
+def resolve_sources(sources, key: str) -> list[Path]:
+    from mae.data import resolve_source
+
+    paths = [resolve_source(s) for s in _as_list(sources)]
+    if not paths:
+        raise ConfigError(f"{key}: no data source given")
+    return paths
+
+
+def ssl_dataset(sources, key: str, transform, **kwargs) -> Dataset:
+    """Every image below the sources (pretraining reads any layout)."""
+    from mae.data import ImageFolderSSL
+
+    return ImageFolderSSL(resolve_sources(sources, key), transform, **kwargs)
+
+
+def class_dataset(
+    sources, key: str, transform, classes: Sequence[str] | None = None, **kwargs
+) -> tuple[Dataset, list[str]]:
+    """One subfolder per class; `classes` fixes the order (a checkpoint's), else the sorted folder names."""
+    from mae.data import ClassFolderDataset
+
+    ds = ClassFolderDataset(resolve_sources(sources, key), transform, classes=classes, **kwargs)
+    return ds, list(ds.classes)
+
+
+def check_num_classes(cfg: ExperimentConfig, classes: Sequence[str], key: str) -> None:
+    if len(classes) != cfg.model.num_classes:
+        shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
+        raise ConfigError(
+            f"model.num_classes={cfg.model.num_classes} but {key} has {len(classes)} class folders ({shown}); "
+            f"set model.num_classes={len(classes)}"
+        )
+
+
+def save_classes(classes: Sequence[str], results_dir: str | os.PathLike) -> Path:
+    path = Path(results_dir) / "classes.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"classes": list(classes)}, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+class SeededSampler(Sampler):
+    """Yields (index, sample_seed) for this rank: a permutation seeded by (seed, epoch), padded to divide
+    evenly across ranks, then strided. `set_epoch` is called by Lightning at every epoch."""
+
+    def __init__(self, n: int, seed: int, *, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.per_rank = math.ceil(n / world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        order += order[: self.per_rank * self.world_size - self.n]  # pad so every rank gets as many
+        for idx in order[self.rank :: self.world_size]:
+            ss = np.random.SeedSequence([self.seed, self.epoch, idx]).generate_state(1, np.uint32)
+            yield idx, int(ss[0])
+
+
+class SeededDataset(Dataset):
+    """Receives (index, seed) from SeededSampler and seeds python, numpy and torch before the transform."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        import random
+
+        idx, seed = key
+        random.seed(seed)
+        np.random.seed(seed)
+        # the CPU generator only: torch.manual_seed would also queue lazy CUDA seeding, slow per sample
+        torch.default_generator.manual_seed(seed)
+        return self.dataset[idx]
+
+
+def make_loader(
+    dataset: Dataset,
+    cfg: ExperimentConfig,
+    *,
+    train: bool,
+    batch_size: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> torch.utils.data.DataLoader:
+    from mae.data import build_loader
+
+    bs = batch_size or cfg.dataset.batch_size
+    workers = cfg.dataset.num_workers_per_gpu
+    if train:
+        sampler = SeededSampler(len(dataset), cfg.train.seed, shuffle=True, rank=rank, world_size=world_size)
+        # drop the ragged last batch (MAE does; mixup needs even batches) unless it is the only one
+        return build_loader(
+            SeededDataset(dataset), bs, sampler=sampler, num_workers=workers, drop_last=len(sampler) > bs
+        )
+    sampler = SeededSampler(len(dataset), cfg.train.seed, shuffle=False, rank=rank, world_size=world_size)
+    return build_loader(SeededDataset(dataset), bs, sampler=sampler, num_workers=workers, drop_last=False)

@@ -1,0 +1,214 @@
+"""Lightning modules for MAE pretraining and finetuning.
+
+Both keep the network as the attribute `model`, so checkpoint keys are `model.<official MAE key>` and
+`mae.models.load_weights` reads them without Lightning. Randomness is re-seeded from (seed, epoch, batch, rank)
+at every training step (masks, drop path, mixup), and the data pipeline seeds each sample from
+(seed, epoch, index): a run resumed at an epoch boundary continues exactly as the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from mae.config import ExperimentConfig
+from mae.engine.schedule import lr_factor_fn
+from mae.errors import ConfigError, MAEError
+
+
+class NonFiniteLossError(MAEError):
+    """The loss became NaN or infinite: the run stops and records a failure."""
+
+
+def step_seed(seed: int, epoch: int, batch_idx: int, rank: int) -> int:
+    """A well-mixed 63-bit seed for one training step (a hash, so neighbouring steps are unrelated)."""
+    h = np.random.SeedSequence([seed, epoch, batch_idx, rank]).generate_state(2, np.uint32)
+    return int(h[0]) << 31 ^ int(h[1])
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class _Base(pl.LightningModule):
+    """What both stages share: optimizer, schedule, freezing, per-step seeding, the NaN guard."""
+
+    def __init__(self, cfg: ExperimentConfig, network: torch.nn.Module, meta: dict[str, Any]):
+        super().__init__()
+        self.cfg = cfg
+        self.model = network
+        # plain data only, so checkpoints load with weights_only=True
+        self.save_hyperparameters({"mae": {**meta, "spec": cfg.model_dump(mode="json")}})
+        self._apply_freeze()
+
+    # ------------------------------------------------------------------ setup
+    def _apply_freeze(self) -> None:
+        prefixes = self.cfg.train.freeze
+        if not prefixes:
+            return
+        names = [n for n, _ in self.model.named_parameters()]
+        unknown = [p for p in prefixes if not any(n == p or n.startswith(p + ".") for n in names)]
+        if unknown:
+            tops = sorted({n.split(".")[0] for n in names})
+            raise ConfigError(
+                f"train.freeze: {unknown} match no parameter of {self.cfg.model.arch}; "
+                f"prefixes start with one of: {', '.join(tops)}"
+            )
+        for n, p in self.model.named_parameters():
+            if any(n == q or n.startswith(q + ".") for q in prefixes):
+                p.requires_grad_(False)
+
+    def configure_optimizers(self):
+        from mae.models import param_groups
+
+        o = self.cfg.train.optim
+        groups = param_groups(
+            self.model,
+            weight_decay=o.weight_decay,
+            layer_decay=o.layer_decay if self.cfg.train.stage == "finetune" else None,
+            lr=o.lr,
+            backbone_multiplier=o.backbone_multiplier,
+        )
+        groups = [g for g in groups if any(p.requires_grad for p in g["params"])]
+        for g in groups:
+            g["params"] = [p for p in g["params"] if p.requires_grad]
+        if not groups:
+            raise ConfigError("train.freeze: every parameter is frozen; nothing would train")
+        opt = torch.optim.AdamW(groups, lr=o.lr, betas=(o.momentum, 0.95))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = max(1, math.ceil(total / max(1, self.trainer.max_epochs)))
+        factor = lr_factor_fn(
+            o.lr_scheduler,
+            total_steps=total,
+            steps_per_epoch=steps_per_epoch,
+            warmup_epochs=o.warmup_epochs,
+            milestones=o.milestones,
+            gamma=o.gamma,
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    # ---------------------------------------------------------------- helpers
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        seed_all(step_seed(self.cfg.train.seed, self.current_epoch, batch_idx, self.global_rank))
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss).all():
+            raise NonFiniteLossError(
+                f"loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}: training "
+                "diverged; lower train.optim.lr, add warmup (train.optim.warmup_epochs) or use fp32"
+            )
+
+    def _log_lr(self) -> None:
+        opt = self.optimizers()
+        if not isinstance(opt, list):
+            lrs = [g["lr"] / g.get("lr_scale", 1.0) for g in opt.param_groups]
+            self.log("lr", max(lrs), on_step=False, on_epoch=True, sync_dist=False)
+
+
+class PretrainModule(_Base):
+    """Masked reconstruction. Logs train_loss (per epoch); with a labelled val set also val_loss and knn_acc."""
+
+    def training_step(self, batch, batch_idx):
+        imgs = batch[0] if isinstance(batch, (list, tuple)) else batch
+        loss, _, _ = self.model(imgs, mask_ratio=self.cfg.train.mask_ratio)
+        self._check_finite(loss)
+        self.log(
+            "train_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,
+            batch_size=imgs.shape[0],
+        )
+        self._log_lr()
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._feats: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+
+    def validation_step(self, batch, batch_idx):
+        imgs, labels = batch[0], batch[1]
+        # a fixed mask per batch, so val_loss compares epochs and trials on the same masks
+        g = torch.Generator(device="cpu").manual_seed(self.cfg.train.seed * 1_000_003 + batch_idx)
+        noise = torch.rand(imgs.shape[0], self.model.num_mask_units, generator=g).to(imgs.device)
+        loss, _, _ = self.model(imgs, mask_ratio=self.cfg.train.mask_ratio, noise=noise)
+        self.log(
+            "val_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,
+            batch_size=imgs.shape[0],
+        )
+        self._feats.append(self.model.forward_features(imgs).float())
+        self._labels.append(labels)
+
+    def on_validation_epoch_end(self) -> None:
+        from mae.engine.knn import knn_accuracy
+
+        if not self._feats:
+            return
+        feats = torch.cat(self._feats)
+        labels = torch.cat(self._labels)
+        if self.trainer.world_size > 1:
+            feats = self.all_gather(feats).flatten(0, 1)
+            labels = self.all_gather(labels).flatten(0, 1)
+        if len(labels) >= 2:
+            self.log("knn_acc", knn_accuracy(feats, labels), prog_bar=True, rank_zero_only=True)
+        self._feats, self._labels = [], []
+
+
+class FinetuneModule(_Base):
+    """Classification. Logs train_loss; with a val set also val_loss, ACC_all (top-1) and ACC_top5."""
+
+    def __init__(self, cfg: ExperimentConfig, network: torch.nn.Module, meta: dict[str, Any]):
+        super().__init__(cfg, network, meta)
+        from mae.data import build_mixup
+
+        self.mixup = build_mixup(cfg.dataset.augmentation, cfg.model.num_classes)
+        self.smoothing = cfg.dataset.augmentation.smoothing
+
+    def training_step(self, batch, batch_idx):
+        imgs, targets = batch[0], batch[1]
+        if self.mixup is not None and imgs.shape[0] % 2 == 0:
+            imgs, soft = self.mixup(imgs, targets)  # soft targets include label smoothing
+            loss = torch.sum(-soft * F.log_softmax(self.model(imgs), dim=-1), dim=-1).mean()
+        else:
+            loss = F.cross_entropy(self.model(imgs), targets, label_smoothing=self.smoothing)
+        self._check_finite(loss)
+        self.log(
+            "train_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,
+            batch_size=imgs.shape[0],
+        )
+        self._log_lr()
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        imgs, targets = batch[0], batch[1]
+        logits = self.model(imgs)
+        loss = F.cross_entropy(logits, targets)
+        k = min(5, logits.shape[1])
+        topk = logits.topk(k, dim=1).indices
+        top1 = (topk[:, 0] == targets).float().mean()
+        top5 = (topk == targets[:, None]).any(dim=1).float().mean()
+        n = imgs.shape[0]
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=n)
+        self.log("ACC_all", top1, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=n)
+        self.log("ACC_top5", top5, on_epoch=True, sync_dist=True, batch_size=n)
