@@ -99,3 +99,46 @@ class RunLogger:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+class WandbRun:
+    """Weights & Biases beside MLflow when `wandb.enable: true`. `start` returns None, with one warning line,
+    when the optional `wandb` package is missing (pip install 'mae-automl[wandb]')."""
+
+    def __init__(self, run):
+        self.run = run
+
+    @classmethod
+    def start(cls, cfg, run_name: str, results_dir: str | os.PathLike) -> WandbRun | None:
+        w = cfg.wandb
+        if not w.enable:
+            return None
+        try:
+            import wandb
+        except ImportError:
+            log.warning(
+                "wandb.enable is true but the 'wandb' package is not installed: W&B logging is off "
+                "(pip install 'mae-automl[wandb]'); MLflow still records the run"
+            )
+            return None
+        run = wandb.init(
+            project=w.project,
+            entity=w.entity,
+            group=w.group,
+            tags=list(w.tags) or None,
+            name=w.name or run_name,
+            id=w.run_id,
+            resume="allow" if w.run_id else None,
+            reinit=w.reinit,
+            save_code=w.save_code,
+            sync_tensorboard=w.sync_tensorboard,
+            dir=str(results_dir),
+            config=cfg.model_dump(mode="json"),
+        )
+        return cls(run)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self.run.log(dict(metrics), step=step)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.run.finish(exit_code=0 if status == "FINISHED" else 1)

@@ -20,6 +20,7 @@ import torch
 log = logging.getLogger("mae")
 
 EpochHook = Callable[[int, dict[str, float]], None]
+VAL_METRICS = frozenset({"val_loss", "ACC_all", "ACC_top5", "knn_acc"})  # logged by validation only
 
 
 def epoch_metrics(trainer: pl.Trainer) -> dict[str, float]:
@@ -61,22 +62,30 @@ class EpochRecorder(pl.Callback):
     def __init__(
         self,
         status: StatusLog | None,
-        mlflow=None,
+        sinks=(),
         hook: EpochHook | None = None,
         print_epochs: bool | None = None,
     ):
         self.status = status
-        self.mlflow = mlflow
+        self.sinks = [
+            s for s in sinks if s is not None
+        ]  # MLflow, W&B: anything with log_metrics(metrics, step)
         self.hook = hook
         self.print_epochs = (not sys.stderr.isatty()) if print_epochs is None else print_epochs
         self._t0 = 0.0
         self._images = 0
+        self._validated = False
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._t0 = time.perf_counter()
         self._images = 0
+        self._validated = False
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._validated = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         imgs = batch[0] if isinstance(batch, (list, tuple)) else batch
@@ -87,6 +96,8 @@ class EpochRecorder(pl.Callback):
             return
         elapsed = time.perf_counter() - self._t0
         metrics = epoch_metrics(trainer)
+        if not self._validated:  # Lightning keeps the last validation's values: do not report them again
+            metrics = {k: v for k, v in metrics.items() if k not in VAL_METRICS}
         metrics["epoch_time_s"] = elapsed
         metrics["images_per_sec"] = self._images * trainer.world_size / max(elapsed, 1e-9)
         if torch.cuda.is_available():
@@ -113,7 +124,7 @@ class EpochRecorder(pl.Callback):
                     eta=str(dt.timedelta(seconds=round(remaining))),
                     kpi=shown,
                 )
-            if self.mlflow is not None:
-                self.mlflow.log_metrics(metrics, step=epoch)
+            for sink in self.sinks:
+                sink.log_metrics(metrics, step=epoch)
         if self.hook is not None:
             self.hook(epoch, metrics)

@@ -38,6 +38,35 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def build_optimizer(cfg: ExperimentConfig, model: torch.nn.Module, *, total_steps: int, num_epochs: int):
+    """AdamW (betas (momentum, 0.95)) over the model's parameter groups, and the per-step schedule.
+
+    Groups: no decay on norms/biases/tokens; layer-wise lr decay when finetuning; the encoder's lr scaled by
+    backbone_multiplier; frozen parameters left out."""
+    from mae.models import param_groups
+
+    o = cfg.train.optim
+    groups = param_groups(
+        model,
+        weight_decay=o.weight_decay,
+        layer_decay=o.layer_decay if cfg.train.stage == "finetune" else None,
+        lr=o.lr,
+        backbone_multiplier=o.backbone_multiplier,
+    )
+    if not groups:
+        raise ConfigError("train.freeze: every parameter is frozen; nothing would train")
+    opt = torch.optim.AdamW(groups, lr=o.lr, betas=(o.momentum, 0.95))
+    factor = lr_factor_fn(
+        o.lr_scheduler,
+        total_steps=total_steps,
+        steps_per_epoch=max(1, math.ceil(total_steps / max(1, num_epochs))),
+        warmup_epochs=o.warmup_epochs,
+        milestones=o.milestones,
+        gamma=o.gamma,
+    )
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
 class _Base(pl.LightningModule):
     """What both stages share: optimizer, schedule, freezing, per-step seeding, the NaN guard."""
 
@@ -67,34 +96,64 @@ class _Base(pl.LightningModule):
                 p.requires_grad_(False)
 
     def configure_optimizers(self):
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        opt, sched = build_optimizer(
+            self.cfg, self.model, total_steps=total, num_epochs=self.trainer.max_epochs
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def on_train_start(self) -> None:
+        if self.trainer.ckpt_path:
+            self.reapply_optimizer_settings()
+
+    def reapply_optimizer_settings(self) -> list[str]:
+        """After resuming from a checkpoint, train with the spec's optimizer settings (lr, weight decay,
+        momentum) rather than those restored with the optimizer state: a Tune trial restored from another
+        trial's checkpoint by PBT carries a mutated learning rate. Unchanged settings are left untouched, so a
+        plain resume continues exactly. Returns the settings that changed (for the log)."""
         from mae.models import param_groups
 
         o = self.cfg.train.optim
-        groups = param_groups(
+        opt = self.optimizers()
+        opt = getattr(opt, "optimizer", opt)
+        sched = self.lr_schedulers()
+        fresh = param_groups(
             self.model,
             weight_decay=o.weight_decay,
             layer_decay=o.layer_decay if self.cfg.train.stage == "finetune" else None,
             lr=o.lr,
             backbone_multiplier=o.backbone_multiplier,
         )
-        groups = [g for g in groups if any(p.requires_grad for p in g["params"])]
-        for g in groups:
-            g["params"] = [p for p in g["params"] if p.requires_grad]
-        if not groups:
-            raise ConfigError("train.freeze: every parameter is frozen; nothing would train")
-        opt = torch.optim.AdamW(groups, lr=o.lr, betas=(o.momentum, 0.95))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        steps_per_epoch = max(1, math.ceil(total / max(1, self.trainer.max_epochs)))
-        factor = lr_factor_fn(
-            o.lr_scheduler,
-            total_steps=total,
-            steps_per_epoch=steps_per_epoch,
-            warmup_epochs=o.warmup_epochs,
-            milestones=o.milestones,
-            gamma=o.gamma,
-        )
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+        fresh = [g for g in fresh if any(p.requires_grad for p in g["params"])]
+        if len(fresh) != len(opt.param_groups):
+            return []
+        changed: set[str] = set()
+        for i, (group, new) in enumerate(zip(opt.param_groups, fresh, strict=True)):
+            base = sched.base_lrs[i] if sched is not None else group.get("initial_lr", group["lr"])
+            if base != new["lr"]:
+                changed.add("lr")
+                if sched is not None:
+                    sched.base_lrs[i] = new["lr"]
+                    factor = sched.lr_lambdas[i](sched.last_epoch)
+                else:
+                    factor = group["lr"] / base if base else 1.0
+                group["initial_lr"] = new["lr"]
+                group["lr"] = new["lr"] * factor
+            if group.get("weight_decay") != new["weight_decay"]:
+                changed.add("weight_decay")
+                group["weight_decay"] = new["weight_decay"]
+            betas = (o.momentum, group["betas"][1])
+            if tuple(group["betas"]) != betas:
+                changed.add("momentum")
+                group["betas"] = betas
+        if changed:
+            import logging
+
+            logging.getLogger("mae").info(
+                "resumed with the spec's optimizer settings (changed since the checkpoint: %s)",
+                ", ".join(sorted(changed)),
+            )
+        return sorted(changed)
 
     # ---------------------------------------------------------------- helpers
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

@@ -53,6 +53,7 @@ class DevicePlan:
     num_nodes: int
     strategy: Any
     precision: str
+    plugins: list[Any] | None = None  # None: the default (atomic checkpoint writes on one device)
 
 
 def plan_devices(cfg: ExperimentConfig) -> DevicePlan:
@@ -99,6 +100,11 @@ def plan_devices(cfg: ExperimentConfig) -> DevicePlan:
             checkpoint_io=AtomicCheckpointIO(),
         )
     return DevicePlan(accelerator, devices, t.num_nodes, strategy, PRECISION[precision])
+
+
+def apply_cudnn(cfg: ExperimentConfig) -> None:
+    torch.backends.cudnn.benchmark = cfg.train.cudnn.benchmark
+    torch.backends.cudnn.deterministic = cfg.train.cudnn.deterministic
 
 
 def build_network(cfg: ExperimentConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -161,11 +167,13 @@ def run_training(
     run_name: str | None = None,
     enable_progress_bar: bool | None = None,
     callbacks: list[pl.Callback] | None = None,
+    device_plan: DevicePlan | None = None,
 ) -> TrainResult:
     """Train per the spec; returns where the checkpoints are and the final metrics.
 
     on_epoch(epoch, metrics) runs after every epoch on rank 0 (the AutoML trial reports through it);
-    mlflow=False leaves tracking to the caller; callbacks are extra Lightning callbacks."""
+    mlflow=False leaves tracking to the caller; callbacks are extra Lightning callbacks; device_plan replaces
+    plan_devices(cfg) (the AutoML runner passes Ray Train's strategy and environment for multi-worker trials)."""
     from mae.data import build_eval_transform, build_finetune_transform, build_pretrain_transform
     from mae.engine import data as D
     from mae.engine.modules import FinetuneModule, NonFiniteLossError, PretrainModule
@@ -174,8 +182,7 @@ def run_training(
     results_dir = Path(cfg.action_results_dir("train")).resolve()
     results_dir.mkdir(parents=True, exist_ok=True)
     status = StatusLog(results_dir / "status.json")
-    torch.backends.cudnn.benchmark = t.cudnn.benchmark
-    torch.backends.cudnn.deterministic = t.cudnn.deterministic
+    apply_cudnn(cfg)
     pl.seed_everything(t.seed, workers=True, verbose=False)
 
     # data
@@ -220,7 +227,7 @@ def run_training(
     module_cls = PretrainModule if t.stage == "pretrain" else FinetuneModule
     module = module_cls(cfg, network, meta)
 
-    plan = plan_devices(cfg)
+    plan = device_plan or plan_devices(cfg)
     monitor = t.optim.monitor_name
     mode = "max" if monitor in MAXIMIZE else "min"
     ckpt_dir = results_dir / "checkpoints"
@@ -247,20 +254,22 @@ def run_training(
         enable_version_counter=False,
         auto_insert_metric_name=False,
     )
+    name = run_name or f"train-{t.stage}"
     tracker = None
     if mlflow:
-        from mae.tracking import RunLogger
+        from mae.tracking import RunLogger, flat_params
 
         tracker = RunLogger(
             cfg.results_dir,
             cfg.model_name,
-            run_name or f"train-{t.stage}",
+            name,
             tags={"stage": t.stage, "arch": cfg.model.arch, "results_dir": str(results_dir)},
         )
-        from mae.tracking import flat_params
-
         tracker.log_params(flat_params(cfg.model_dump(mode="json")))
-    recorder = EpochRecorder(status, tracker, on_epoch)
+    from mae.tracking import WandbRun
+
+    sinks = [s for s in (tracker, WandbRun.start(cfg, name, results_dir)) if s is not None]
+    recorder = EpochRecorder(status, sinks, on_epoch)
     if enable_progress_bar is None:
         enable_progress_bar = sys.stderr.isatty()
     trainer = pl.Trainer(
@@ -279,7 +288,9 @@ def run_training(
         enable_model_summary=False,
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
-        plugins=[AtomicCheckpointIO()] if plan.strategy == "auto" else None,
+        plugins=plan.plugins
+        if plan.plugins is not None
+        else ([AtomicCheckpointIO()] if plan.strategy == "auto" else None),
         deterministic=t.cudnn.deterministic and plan.accelerator == "gpu",
     )
     status.write("STARTED", f"Starting {t.stage} training.", max_epoch=t.num_epochs)
@@ -287,16 +298,13 @@ def run_training(
         trainer.fit(
             module, datamodule=_RankLoaders(train_ds, val_ds, cfg), ckpt_path=str(resume) if resume else None
         )
-    except NonFiniteLossError as e:
-        status.write("FAILURE", str(e))
-        if tracker:
-            tracker.set_tags({"failure": str(e)})
-            tracker.finish("FAILED")
-        raise
     except BaseException as e:
-        status.write("FAILURE", f"{type(e).__name__}: {e}")
+        message = str(e) if isinstance(e, NonFiniteLossError) else f"{type(e).__name__}: {e}"
+        status.write("FAILURE", message)
         if tracker:
-            tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+            tracker.set_tags({"failure": message[:500]})
+        for sink in sinks:
+            sink.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     from mae.engine.callbacks import epoch_metrics
 
@@ -309,7 +317,8 @@ def run_training(
         tracker.set_tags({"best_checkpoint": str(best_path), "monitor": monitor})
         if best_score is not None:
             tracker.log_metrics({f"best_{monitor}": best_score}, step=t.num_epochs)
-        tracker.finish("FINISHED")
+    for sink in sinks:
+        sink.finish("FINISHED")
     log.info("training finished: best %s=%s at %s", monitor, best_score, best_path)
     return TrainResult(
         results_dir,
