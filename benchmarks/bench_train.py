@@ -29,18 +29,29 @@ from mae.spec import load_spec  # noqa: E402
 
 
 def bare_loop(cfg, steps: int) -> float:
-    """images/s of forward + backward + AdamW on in-memory tensors (median over `steps`)."""
+    """images/s of forward + backward + AdamW on in-memory tensors on the same device and precision
+    (median over `steps`)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net, _ = build_network(cfg)
+    net.to(device)
     size, bs = cfg.dataset.augmentation.input_size, cfg.dataset.batch_size
     opt, _ = build_optimizer(cfg, net, total_steps=steps + 2, num_epochs=1)
-    imgs = torch.randn(bs, 3, size, size)
+    imgs = torch.randn(bs, 3, size, size, device=device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.resolved_precision())
+    if device.type == "cpu" and dtype is torch.float16:
+        dtype = torch.bfloat16  # as the engine does on the CPU
+    scaler = torch.amp.GradScaler(enabled=dtype is torch.float16 and device.type == "cuda")
     times = []
     for i in range(steps + 2):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = net(imgs)[0] if cfg.train.stage == "pretrain" else net(imgs).logsumexp(-1).mean()
-        loss.backward()
-        opt.step()
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = net(imgs)[0] if cfg.train.stage == "pretrain" else net(imgs).logsumexp(-1).mean()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         if i >= 2:
             times.append(time.perf_counter() - t0)
     return bs / statistics.median(times)
@@ -83,7 +94,8 @@ def main() -> None:
     )
     print(
         f"device: {device}; arch {cfg.model.arch} at {cfg.dataset.augmentation.input_size} px, "
-        f"batch {cfg.dataset.batch_size}, stage {cfg.train.stage}, workers {cfg.dataset.num_workers_per_gpu}"
+        f"batch {cfg.dataset.batch_size}, {cfg.train.precision}, stage {cfg.train.stage}, "
+        f"workers {cfg.dataset.num_workers_per_gpu}"
     )
     print(f"engine (end to end, per epoch): {', '.join(f'{r:.0f}' for r in rates)} images/s")
     print(

@@ -206,7 +206,7 @@ class Spy(pl.Callback):
         self.steps, self.before = [], {}
 
     def on_fit_start(self, trainer, pl_module):
-        self.before = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+        self.before = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.steps.append(trainer.global_step)

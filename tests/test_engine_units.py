@@ -109,3 +109,37 @@ def test_seeded_sampler_shards_and_reproduces():
     assert len(r0) == len(r1) == 3 and set(idx) == set(range(5))
     seeds = [sd for _, sd in SeededSampler(100, 7)]
     assert len(set(seeds)) == 100  # every sample has its own seed
+
+
+def test_wandb_is_optional_and_configured_from_the_spec(monkeypatch, caplog, tmp_path):
+    import logging
+    import sys
+    import types
+
+    from mae.spec import load_spec
+    from mae.tracking import WandbRun
+
+    assert WandbRun.start(load_spec(None, []), "r", tmp_path) is None  # off by default
+    cfg = load_spec(None, ["wandb.enable=true", "wandb.project=p", "wandb.tags=[a]", "wandb.run_id=abc"])
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
+    with caplog.at_level(logging.WARNING, logger="mae"):
+        assert WandbRun.start(cfg, "r", tmp_path) is None
+    assert "W&B logging is off" in caplog.text
+    calls = []
+
+    class FakeRun:
+        def log(self, metrics, step):
+            calls.append(("log", metrics, step))
+
+        def finish(self, exit_code):
+            calls.append(("finish", exit_code))
+
+    fake = types.SimpleNamespace(init=lambda **kw: calls.append(("init", kw)) or FakeRun())
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    run = WandbRun.start(cfg, "r", tmp_path)
+    run.log_metrics({"train_loss": 1.0}, step=3)
+    run.finish("FAILED")
+    init = calls[0][1]
+    assert init["project"] == "p" and init["tags"] == ["a"] and init["id"] == "abc" and init["resume"] == "allow"
+    assert init["name"] == "r" and init["config"]["wandb"]["enable"] is True
+    assert calls[1:] == [("log", {"train_loss": 1.0}, 3), ("finish", 1)]
