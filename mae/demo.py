@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mae.cli import run_guarded, setup_logging
 from mae.errors import MissingDependencyError, NotBuiltError
+from mae.fileio import atomic_open
 
 log = logging.getLogger("mae.demo")
 DEMO_SPEC = Path(__file__).resolve().parent.parent / "examples" / "demo.yaml"
@@ -56,8 +57,7 @@ def build_digits_dataset(out_dir: str | Path, *, size: int = 32, seed: int = 0) 
         assignment["val"] += idx[n_train : n_train + n_val].tolist()
         assignment["test"] += idx[n_train + n_val :].tolist()
     for split, indices in assignment.items():
-        tmp = paths[split].with_suffix(".tmp")
-        with tarfile.open(tmp, "w:gz") as tar:
+        with atomic_open(paths[split], "wb") as f, tarfile.open(fileobj=f, mode="w:gz") as tar:
             for i in sorted(indices):
                 pixels = (digits.images[i] * (255.0 / 16.0)).clip(0, 255).astype("uint8")
                 img = Image.fromarray(pixels, mode="L").resize((size, size), Image.BICUBIC).convert("RGB")
@@ -68,7 +68,6 @@ def build_digits_dataset(out_dir: str | Path, *, size: int = 32, seed: int = 0) 
                 info.mtime = 0  # reproducible archives
                 buf.seek(0)
                 tar.addfile(info, buf)
-        tmp.replace(paths[split])
     return paths
 
 

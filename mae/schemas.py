@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from mae.config import ACTIONS, ExperimentConfig
+from mae.fileio import atomic_write_text
 from mae.spec import ACTION_REQUIRED, set_path
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
@@ -202,11 +203,7 @@ def write(directory: Path = SCHEMA_DIR) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for name, content in generate().items():
-        path = directory / name
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(content)
-        tmp.replace(path)
-        written.append(path)
+        written.append(atomic_write_text(directory / name, content))
     return written
 
 

@@ -35,6 +35,7 @@ def run(cfg: ExperimentConfig) -> dict:
     )
     from mae.engine.loading import load_for_action
     from mae.errors import ConfigError
+    from mae.fileio import atomic_write_text
 
     e = cfg.evaluate
     loaded = load_for_action(cfg, e, "evaluate", stage=cfg.train.stage)
@@ -70,9 +71,7 @@ def run(cfg: ExperimentConfig) -> dict:
             loaded.network, eval_loader(ds, cfg, bs), device, cfg.train.mask_ratio, cfg.train.seed
         )
     m["checkpoint"] = str(loaded.path)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(m, indent=1) + "\n")
-    tmp.replace(out / "results.json")
+    atomic_write_text(out / "results.json", json.dumps(m, indent=1) + "\n")
     kpi = {k: v for k, v in m.items() if isinstance(v, float)}
     status.write("SUCCESS", "Evaluation finished successfully.", kpi=kpi)
     for k, v in kpi.items():

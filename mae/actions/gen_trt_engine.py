@@ -24,9 +24,10 @@ log = logging.getLogger("mae")
 def run(cfg: ExperimentConfig, *, overwrite: bool | None = None) -> dict:
     """Build the engine. `overwrite` (None: the spec's `gen_trt_engine.overwrite`, false by default)."""
     from mae.deploy.metadata import read_onnx_metadata, sidecar_path
-    from mae.deploy.resolve import atomic_write_bytes, check_free, output_path, resolve_onnx
+    from mae.deploy.resolve import check_free, output_path, resolve_onnx
     from mae.deploy.tensorrt_build import EngineSettings, build_engine, require_tensorrt
     from mae.engine.callbacks import StatusLog
+    from mae.fileio import atomic_write_bytes
 
     g = cfg.gen_trt_engine
     if overwrite is None:

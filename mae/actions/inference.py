@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -46,12 +45,12 @@ def run(cfg: ExperimentConfig) -> dict:
 @torch.no_grad()
 def _classify(loaded, loader, device, out: Path) -> dict:
     from mae.engine.evaluation import classifier_outputs
+    from mae.fileio import atomic_open
 
     classes = loaded.classes or [str(i) for i in range(loaded.network.num_classes)]
     path = out / "results.csv"
-    tmp = path.with_suffix(".csv.tmp")
     n = 0
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "class_name", "class_index", "score"])
         for logits, paths in classifier_outputs(loaded.network, loader, device):
@@ -60,7 +59,6 @@ def _classify(loaded, loader, device, out: Path) -> dict:
             for p, i, sc in zip(paths, idx.tolist(), score.tolist(), strict=True):
                 w.writerow([p, classes[i], i, f"{sc:.6f}"])
                 n += 1
-    os.replace(tmp, path)
     return {"num_images": n, "output": str(path)}
 
 

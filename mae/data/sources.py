@@ -54,6 +54,7 @@ from mae.data.extract import (
     safe_relpath,
 )
 from mae.errors import DataError
+from mae.fileio import atomic_write_text
 
 log = logging.getLogger("mae.data")
 
@@ -475,9 +476,7 @@ def _locked(cache: Path, digest: str, label: str):
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def _digest(*parts: object) -> str:

@@ -13,7 +13,6 @@ The choice is printed. Outputs (export.onnx_file, gen_trt_engine.trt_engine) def
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -109,20 +108,3 @@ def check_free(paths: Iterable[Path], *, key: str, overwrite: bool, overwrite_ke
             f"overwrite: set {overwrite_key}=true to replace {'it' if len(existing) == 1 else 'them'}, "
             f"or choose another {key}"
         )
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write to a temporary file in the same folder, fsync, then rename into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

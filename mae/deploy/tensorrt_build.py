@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from mae.deploy.errors import EngineBuildError
-from mae.deploy.resolve import atomic_write_bytes
 from mae.errors import ConfigError, MissingDependencyError, did_you_mean
+from mae.fileio import atomic_write_bytes
 
 log = logging.getLogger("mae")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from mae.errors import CheckpointError
+from mae.fileio import atomic_open, read_torch_file
 
 log = logging.getLogger("mae")
 
@@ -25,36 +25,17 @@ CHECKPOINT_SUFFIXES = (".ckpt", ".pth", ".pt", ".bin")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file in the same folder, then renames it into place, so a crash
-    mid-write never leaves a truncated `last.ckpt`."""
+    """Writes each checkpoint atomically (mae.fileio), so a crash mid-write never leaves a truncated
+    `last.ckpt`."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(path, "wb") as f:
+            torch.save(checkpoint, f)
 
 
 def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
-    """torch.load with weights_only=True; a clear CheckpointError for anything unreadable or unsafe."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types (UnpicklingError, RuntimeError, EOFError, ...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} cannot be read safely (weights_only=True): {first[:300]}"
-        ) from None
+    """A checkpoint as a dict, read with weights_only=True (mae.fileio.read_torch_file)."""
+    obj = read_torch_file(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} holds a {type(obj).__name__}, not a state dict")
     return obj

@@ -62,12 +62,11 @@ def check_num_classes(cfg: ExperimentConfig, classes: Sequence[str], key: str) -
 
 
 def save_classes(classes: Sequence[str], results_dir: str | os.PathLike) -> Path:
-    path = Path(results_dir) / "classes.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"classes": list(classes)}, indent=1) + "\n")
-    tmp.replace(path)
-    return path
+    from mae.fileio import atomic_write_text
+
+    return atomic_write_text(
+        Path(results_dir) / "classes.json", json.dumps({"classes": list(classes)}, indent=1) + "\n"
+    )
 
 
 class SeededSampler(Sampler):

@@ -41,14 +41,6 @@ class LoadedModel:
     meta: dict[str, Any]
 
 
-def _state_dict(ckpt: dict[str, Any]) -> dict[str, Any]:
-    if "state_dict" in ckpt:
-        return {k[len("model.") :] if k.startswith("model.") else k: v for k, v in ckpt["state_dict"].items()}
-    if "model" in ckpt and isinstance(ckpt["model"], dict):
-        return ckpt["model"]
-    return ckpt
-
-
 def _infer_stage(sd: dict[str, Any]) -> str:
     if any(k.startswith(("decoder", "mask_token")) for k in sd):
         return "pretrain"
@@ -62,12 +54,12 @@ def _infer_stage(sd: dict[str, Any]) -> str:
 
 def load_trained(cfg: ExperimentConfig, path: str, *, key: str, stage: str | None = None) -> LoadedModel:
     """Build and load the network a checkpoint holds. `stage`, when given, must match (a clear error if not)."""
-    from mae.models import build_classifier, build_mae, load_weights
+    from mae.models import build_classifier, build_mae, load_weights, read_state_dict
 
     file = resolve_checkpoint(path, key=key)
     ckpt = load_checkpoint_file(file)
     meta = checkpoint_meta(ckpt)
-    sd = _state_dict(ckpt)
+    sd, _ = read_state_dict(ckpt)
     found = meta.get("stage") or _infer_stage(sd)
     if stage is not None and found != stage:
         want = "a classifier (finetune)" if stage == "finetune" else "an MAE (pretrain)"

@@ -16,8 +16,6 @@ is a CheckpointError with a one-line message that says what to do.
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import torch.nn as nn
 from timm.layers import resample_abs_pos_embed
 
 from mae.errors import CheckpointError
+from mae.fileio import read_torch_file
 from mae.models.base import MaskedAutoencoder, ModelFamily
 from mae.models.registry import family_of
 
@@ -67,24 +66,7 @@ def read_state_dict(source: str | Path | dict) -> tuple[dict[str, torch.Tensor],
     else:
         path = Path(source)
         desc = str(path)
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint not found: {path} (check the path in the spec)")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except (  # what torch.load raises on files that are not (intact) PyTorch checkpoints
-            pickle.UnpicklingError,
-            RuntimeError,
-            EOFError,
-            OSError,
-            ValueError,
-            IndexError,
-            KeyError,
-            zipfile.BadZipFile,
-        ) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(
-                f"cannot read checkpoint {path}: {first}; expected a PyTorch file (.ckpt/.pth) of tensors"
-            ) from e
+        obj = read_torch_file(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{desc} holds a {type(obj).__name__}, not a state dict")
     if "state_dict" in obj and isinstance(obj["state_dict"], dict):  # Lightning
