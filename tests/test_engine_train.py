@@ -103,6 +103,22 @@ def test_resume_refuses_other_stage(tmp_path, digits_small):
     cfg = spec(tmp_path, *src, "stage=finetune", "num_classes=10")
     with pytest.raises(CheckpointError, match="it is a pretrain checkpoint but the spec says stage=finetune"):
         run_training(cfg, mlflow=False)
+    # the same mismatch where a classifier is needed: evaluating a pretrain checkpoint as a finetune one
+    from mae.actions import run_action
+
+    cfg = spec(
+        tmp_path,
+        *src,
+        "stage=finetune",
+        "num_classes=10",
+        f"dataset.val_data_sources={digits_small['val']}",
+        f"evaluate.checkpoint={tmp_path / 'train'}",
+        action="evaluate",
+    )
+    with pytest.raises(
+        CheckpointError, match="is a pretrain checkpoint, but train.stage=finetune needs a classifier"
+    ):
+        run_action("evaluate", cfg)
 
 
 def test_freeze_unknown_prefix(tmp_path, digits_small):

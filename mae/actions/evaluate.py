@@ -4,48 +4,33 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 from mae.config import ExperimentConfig
 
 log = logging.getLogger("mae")
 
 
-def eval_aug(cfg: ExperimentConfig, loaded):
-    """The spec's evaluation transform at the model's input size and normalisation."""
-    from mae.engine.loading import normalisation
-
-    mean, std = normalisation(loaded, cfg)
-    return cfg.dataset.augmentation.model_copy(
-        update={"input_size": loaded.img_size, "mean": mean, "std": std}
-    )
-
-
 def run(cfg: ExperimentConfig) -> dict:
-    from mae.data import build_eval_transform
     from mae.engine import data as D
-    from mae.engine.callbacks import StatusLog
     from mae.engine.evaluation import (
-        batch_size,
         classification_metrics,
         eval_loader,
-        pick_device,
         reconstruction_loss,
         save_confusion_png,
+        start_action,
     )
-    from mae.engine.loading import load_for_action
     from mae.errors import ConfigError
     from mae.fileio import atomic_write_text
 
-    e = cfg.evaluate
-    loaded = load_for_action(cfg, e, "evaluate", stage=cfg.train.stage)
-    out = Path(cfg.action_results_dir("evaluate"))
-    out.mkdir(parents=True, exist_ok=True)
-    status = StatusLog(out / "status.json")
-    status.write("STARTED", f"Evaluating {loaded.path}.")
-    device = pick_device(e)
-    transform = build_eval_transform(eval_aug(cfg, loaded))
-    bs = batch_size(cfg, e)
+    ctx = start_action(cfg, "evaluate")
+    loaded, out, status, device, transform, bs = (
+        ctx.loaded,
+        ctx.out,
+        ctx.status,
+        ctx.device,
+        ctx.transform,
+        ctx.batch_size,
+    )
     if loaded.stage == "finetune":
         ds, classes = D.class_dataset(
             cfg.dataset.val_data_sources,

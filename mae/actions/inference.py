@@ -15,28 +15,18 @@ GRID_ROWS = 8  # images per reconstruction grid
 
 
 def run(cfg: ExperimentConfig) -> dict:
-    from mae.actions.evaluate import eval_aug
-    from mae.data import ImageListDataset, build_eval_transform
-    from mae.engine.callbacks import StatusLog
+    from mae.data import ImageListDataset
     from mae.engine.data import resolve_sources
-    from mae.engine.evaluation import batch_size, eval_loader, pick_device
-    from mae.engine.loading import load_for_action
+    from mae.engine.evaluation import eval_loader, start_action
 
-    s = cfg.inference
-    loaded = load_for_action(cfg, s, "inference", stage=cfg.train.stage)
-    out = Path(cfg.action_results_dir("inference"))
-    out.mkdir(parents=True, exist_ok=True)
-    status = StatusLog(out / "status.json")
-    status.write("STARTED", f"Inference with {loaded.path}.")
-    device = pick_device(s)
-    transform = build_eval_transform(eval_aug(cfg, loaded))
+    ctx = start_action(cfg, "inference")
+    loaded, out, status = ctx.loaded, ctx.out, ctx.status
     roots = resolve_sources(cfg.dataset.test_data_sources, "dataset.test_data_sources")
-    ds = ImageListDataset(roots, transform)
-    loader = eval_loader(ds, cfg, batch_size(cfg, s))
+    loader = eval_loader(ImageListDataset(roots, ctx.transform), cfg, ctx.batch_size)
     if loaded.stage == "finetune":
-        result = _classify(loaded, loader, device, out)
+        result = _classify(loaded, loader, ctx.device, out)
     else:
-        result = _reconstruct(loaded, loader, device, out, cfg)
+        result = _reconstruct(loaded, loader, ctx.device, out, cfg)
     status.write("SUCCESS", "Inference finished successfully.", kpi={"num_images": result["num_images"]})
     print(f"inference: {result['num_images']} images -> {result['output']}")
     return result

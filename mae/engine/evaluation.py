@@ -1,9 +1,13 @@
-"""Evaluation and inference loops shared by the evaluate and inference actions (one device)."""
+"""What the evaluate and inference actions share: loading the model they name, their results folder and
+status.json, the device, the evaluation transform at the model's own size and normalisation, and the loops."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +28,49 @@ def pick_device(section) -> torch.device:
 
 def batch_size(cfg: ExperimentConfig, section) -> int:
     return section.batch_size if section.batch_size > 0 else cfg.dataset.batch_size
+
+
+def eval_aug(cfg: ExperimentConfig, loaded):
+    """The spec's evaluation transform settings at the model's input size and normalisation."""
+    from mae.engine.loading import normalisation
+
+    mean, std = normalisation(loaded, cfg)
+    return cfg.dataset.augmentation.model_copy(
+        update={"input_size": loaded.img_size, "mean": mean, "std": std}
+    )
+
+
+@dataclass
+class ActionRun:
+    loaded: Any  # mae.engine.loading.LoadedModel
+    out: Path
+    status: Any  # mae.engine.callbacks.StatusLog
+    device: torch.device
+    transform: Any
+    batch_size: int
+
+
+def start_action(cfg: ExperimentConfig, action: str) -> ActionRun:
+    """Load the model `<action>.checkpoint` / `trt_engine` names (its stage must match train.stage) and open
+    the action's results folder with a STARTED line in its status.json."""
+    from mae.data import build_eval_transform
+    from mae.engine.callbacks import StatusLog
+    from mae.engine.loading import load_for_action
+
+    section = getattr(cfg, action)
+    loaded = load_for_action(cfg, section, action, stage=cfg.train.stage)
+    out = Path(cfg.action_results_dir(action))
+    out.mkdir(parents=True, exist_ok=True)
+    status = StatusLog(out / "status.json")
+    status.write("STARTED", f"{action} with {loaded.path}.")
+    return ActionRun(
+        loaded,
+        out,
+        status,
+        pick_device(section),
+        build_eval_transform(eval_aug(cfg, loaded)),
+        batch_size(cfg, section),
+    )
 
 
 def eval_loader(dataset, cfg: ExperimentConfig, bs: int):

@@ -159,6 +159,21 @@ class _Base(pl.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         seed_all(step_seed(self.cfg.train.seed, self.current_epoch, batch_idx, self.global_rank))
 
+    def _train_loss(self, loss: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Stop on a non-finite loss, log train_loss (per epoch, under exactly that name) and the lr."""
+        self._check_finite(loss)
+        self.log(
+            "train_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,
+            batch_size=batch_size,
+        )
+        self._log_lr()
+        return loss
+
     def _check_finite(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss).all():
             raise NonFiniteLossError(
@@ -179,18 +194,7 @@ class PretrainModule(_Base):
     def training_step(self, batch, batch_idx):
         imgs = batch[0] if isinstance(batch, (list, tuple)) else batch
         loss, _, _ = self.model(imgs, mask_ratio=self.cfg.train.mask_ratio)
-        self._check_finite(loss)
-        self.log(
-            "train_loss",
-            loss,
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            sync_dist=True,
-            batch_size=imgs.shape[0],
-        )
-        self._log_lr()
-        return loss
+        return self._train_loss(loss, imgs.shape[0])
 
     def on_validation_epoch_start(self) -> None:
         self._feats: list[torch.Tensor] = []
@@ -246,18 +250,7 @@ class FinetuneModule(_Base):
             loss = torch.sum(-soft * F.log_softmax(self.model(imgs), dim=-1), dim=-1).mean()
         else:
             loss = F.cross_entropy(self.model(imgs), targets, label_smoothing=self.smoothing)
-        self._check_finite(loss)
-        self.log(
-            "train_loss",
-            loss,
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            sync_dist=True,
-            batch_size=imgs.shape[0],
-        )
-        self._log_lr()
-        return loss
+        return self._train_loss(loss, imgs.shape[0])
 
     def validation_step(self, batch, batch_idx):
         imgs, targets = batch[0], batch[1]

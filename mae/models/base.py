@@ -268,6 +268,30 @@ def check_overrides(arch: str, given: dict, allowed: tuple[str, ...]) -> None:
         )
 
 
+def mae_kwargs(arch: str, spec, overrides: dict, *, attention: bool = True) -> dict:
+    """The build_mae arguments every family shares: image, channels, masking, loss and the decoder (None or
+    absent decoder_* settings take the family's published decoder; `attention` adds decoder_num_heads)."""
+    depth = overrides.get("decoder_depth")
+    depth = spec.decoder_depth if depth is None else depth
+    if depth < 0:
+        raise ConfigError(f"model.decoder_depth: must be >= 0, got {depth}")
+    width = overrides.get("decoder_embed_dim") or spec.decoder_embed_dim
+    kwargs = dict(
+        arch=arch,
+        img_size=overrides.get("img_size", 224),
+        in_chans=overrides.get("in_chans", 3),
+        decoder_embed_dim=width,
+        decoder_depth=depth,
+        mask_ratio=overrides.get("mask_ratio", 0.75),
+        norm_pix_loss=overrides.get("norm_pix_loss", True),
+    )
+    if attention:
+        heads = overrides.get("decoder_num_heads") or default_decoder_heads(width)
+        check_divisible("model.decoder_embed_dim", width, heads)
+        kwargs["decoder_num_heads"] = heads
+    return kwargs
+
+
 def default_decoder_heads(decoder_embed_dim: int) -> int:
     """Heads of width 32 (the paper's 512-wide decoder has 16), or 1 head for widths not a multiple of 32."""
     return decoder_embed_dim // 32 if decoder_embed_dim >= 32 and decoder_embed_dim % 32 == 0 else 1

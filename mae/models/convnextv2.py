@@ -30,6 +30,7 @@ from mae.models.base import (
     ModelFamily,
     check_overrides,
     init_small_head_,
+    mae_kwargs,
 )
 
 ENCODER_OVERRIDES = ("depths", "dims")
@@ -187,20 +188,7 @@ def _settings(spec: ArchSpec, overrides: dict) -> dict:
 
 def build_mae(arch: str, spec: ArchSpec, overrides: dict) -> FCMAE:
     check_overrides(arch, overrides, MAE_OVERRIDES)
-    decoder_depth = overrides.get("decoder_depth")
-    decoder_depth = spec.decoder_depth if decoder_depth is None else decoder_depth
-    if decoder_depth < 0:
-        raise ConfigError(f"model.decoder_depth: must be >= 0, got {decoder_depth}")
-    return FCMAE(
-        arch=arch,
-        img_size=overrides.get("img_size", 224),
-        in_chans=overrides.get("in_chans", 3),
-        decoder_embed_dim=overrides.get("decoder_embed_dim") or spec.decoder_embed_dim,
-        decoder_depth=decoder_depth,
-        mask_ratio=overrides.get("mask_ratio", 0.75),
-        norm_pix_loss=overrides.get("norm_pix_loss", True),
-        **_settings(spec, overrides),
-    )
+    return FCMAE(**mae_kwargs(arch, spec, overrides, attention=False), **_settings(spec, overrides))
 
 
 def build_classifier(

@@ -24,9 +24,9 @@ from mae.models.base import (
     ModelFamily,
     check_divisible,
     check_overrides,
-    default_decoder_heads,
     init_small_head_,
     init_vit_style_,
+    mae_kwargs,
     sincos_2d,
 )
 
@@ -174,25 +174,7 @@ def _encoder_settings(spec: ArchSpec, overrides: dict) -> dict:
 
 def build_mae(arch: str, spec: ArchSpec, overrides: dict) -> MaskedAutoencoderViT:
     check_overrides(arch, overrides, MAE_OVERRIDES)
-    settings = _encoder_settings(spec, overrides)
-    decoder_embed_dim = overrides.get("decoder_embed_dim") or spec.decoder_embed_dim
-    decoder_depth = overrides.get("decoder_depth")
-    decoder_depth = spec.decoder_depth if decoder_depth is None else decoder_depth
-    decoder_num_heads = overrides.get("decoder_num_heads") or default_decoder_heads(decoder_embed_dim)
-    check_divisible("model.decoder_embed_dim", decoder_embed_dim, decoder_num_heads)
-    if decoder_depth < 0:
-        raise ConfigError(f"model.decoder_depth: must be >= 0, got {decoder_depth}")
-    return MaskedAutoencoderViT(
-        arch=arch,
-        img_size=overrides.get("img_size", 224),
-        in_chans=overrides.get("in_chans", 3),
-        decoder_embed_dim=decoder_embed_dim,
-        decoder_depth=decoder_depth,
-        decoder_num_heads=decoder_num_heads,
-        mask_ratio=overrides.get("mask_ratio", 0.75),
-        norm_pix_loss=overrides.get("norm_pix_loss", True),
-        **settings,
-    )
+    return MaskedAutoencoderViT(**mae_kwargs(arch, spec, overrides), **_encoder_settings(spec, overrides))
 
 
 def build_classifier(
