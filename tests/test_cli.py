@@ -1,4 +1,4 @@
-"""The `mae` and `automl` command lines: help, --print-config, exit codes, unbuilt actions."""
+"""The `mae` and `automl` command lines: help, --print-config, exit codes."""
 
 from __future__ import annotations
 
@@ -53,15 +53,16 @@ def test_print_config_resolves_and_runs_nothing(write_spec, data_dir, capsys, tm
     assert not (tmp_path / "r").exists()
 
 
-def test_automl_run_validates_then_reports_unbuilt(write_spec, data_dir, capsys):
+def test_automl_run_validates_before_starting_ray(write_spec, data_dir, capsys):
     spec = write_spec({"dataset": {"train_data_sources": str(data_dir)}})
     assert automl_main(["run", "-e", str(spec), "--print-config"]) == 0
     capsys.readouterr()
     assert automl_main(["run", "-e", str(spec), "train.optim.lr=2"]) == 2
     assert "train.optim.lr=2: input should be less than or equal to 1" in capsys.readouterr().err
-    # Until the Ray Tune runner lands (issue 8): says so and exits 3, never pretends to search.
-    assert automl_main(["run", "-e", str(spec)]) == 3
-    assert "automl run is not built yet" in capsys.readouterr().err
+    # an empty data folder is a one-line data error before any Ray worker starts
+    assert automl_main(["run", "-e", str(spec)]) == 1
+    err = capsys.readouterr().err
+    assert "the folder holds no images" in err and "Traceback" not in err
 
 
 def test_missing_spec_argument_is_a_usage_error(capsys):

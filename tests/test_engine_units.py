@@ -140,6 +140,8 @@ def test_wandb_is_optional_and_configured_from_the_spec(monkeypatch, caplog, tmp
     run.log_metrics({"train_loss": 1.0}, step=3)
     run.finish("FAILED")
     init = calls[0][1]
-    assert init["project"] == "p" and init["tags"] == ["a"] and init["id"] == "abc" and init["resume"] == "allow"
+    assert (
+        init["project"] == "p" and init["tags"] == ["a"] and init["id"] == "abc" and init["resume"] == "allow"
+    )
     assert init["name"] == "r" and init["config"]["wandb"]["enable"] is True
     assert calls[1:] == [("log", {"train_loss": 1.0}, 3), ("finish", 1)]

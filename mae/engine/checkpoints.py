@@ -74,11 +74,91 @@ def find_checkpoint(folder: str | os.PathLike, prefer: str = "best") -> Path | N
     return None
 
 
+# ------------------------------------------------------------------- AutoML experiments as parents
+# An AutoML experiment (`automl run`) keeps <results_dir>/automl/{experiment.json, state.json, best/best.ckpt,
+# trials/<trial_id>/}. Its results folder (or its automl/ folder) stands for the best trial's best epoch; a
+# trial id inside it (<results_dir>/<trial_id>, <results_dir>/automl/<trial_id> or .../trials/<trial_id>) for
+# that trial's best epoch. Read as plain JSON: `mae` does not import `automl`.
+
+
+def automl_experiment_dir(folder: str | os.PathLike) -> Path | None:
+    """The `automl/` folder of an AutoML experiment given its results folder or the automl folder itself."""
+    folder = Path(folder)
+    for d in (folder / "automl", folder):
+        if (d / "experiment.json").is_file():
+            return d
+    return None
+
+
+def _automl_trials(exp_dir: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        return json.loads((exp_dir / "state.json").read_text()).get("trials", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def automl_trial_checkpoint(exp_dir: Path, trial_id: str, *, key: str) -> Path:
+    """The best epoch's checkpoint of one trial of an AutoML experiment."""
+    trials = _automl_trials(exp_dir)
+    rec = trials.get(trial_id)
+    if rec is None:
+        known = ", ".join(sorted(trials)[:12]) or "none yet"
+        raise CheckpointError(
+            f"{key}: the AutoML experiment {exp_dir} has no trial {trial_id!r} (trials: {known})"
+        )
+    best = rec.get("best") or {}
+    tune_ckpt = best.get("checkpoint")
+    if tune_ckpt and (Path(tune_ckpt) / "checkpoint.ckpt").is_file():
+        return Path(tune_ckpt) / "checkpoint.ckpt"
+    local = exp_dir / "trials" / trial_id / "checkpoints"
+    for name in ("best.ckpt", "last.ckpt"):
+        if (local / name).is_file():
+            return local / name
+    where = f" (its best checkpoint is in the experiment storage: {tune_ckpt})" if tune_ckpt else ""
+    raise CheckpointError(
+        f"{key}: trial {trial_id!r} of {exp_dir} has no checkpoint on this machine{where}; it reported "
+        f"{'no checkpoint' if not tune_ckpt else 'one elsewhere'}"
+    )
+
+
+def _automl_checkpoint(p: Path, key: str) -> Path | None:
+    """An AutoML experiment folder -> best/best.ckpt; a trial id inside one -> that trial's; None otherwise."""
+    in_trials = p.parent.name == "trials" and automl_experiment_dir(p.parent.parent) is not None
+    if p.is_dir() and not in_trials:
+        exp = automl_experiment_dir(p)
+        if exp is None or (p / "train" / "checkpoints").is_dir():
+            return None
+        best = exp / "best" / "best.ckpt"
+        if best.is_file():
+            log.info("%s: using the best trial's checkpoint of the AutoML experiment %s", key, exp)
+            return best
+        raise CheckpointError(
+            f"{key}={str(p)!r}: the AutoML experiment has no best model yet (its search has not finished); "
+            f"give one of its trials instead, e.g. {exp}/<trial_id> (see `automl status {exp.parent}`)"
+        )
+    parent = p.parent
+    if parent.name == "trials":
+        parent = parent.parent
+    exp = automl_experiment_dir(parent)
+    if exp is None:
+        return None
+    found = automl_trial_checkpoint(exp, p.name, key=key)
+    log.info("%s: using trial %s's best checkpoint %s", key, p.name, found)
+    return found
+
+
 def resolve_checkpoint(path: str | os.PathLike, *, key: str, prefer: str = "best") -> Path:
-    """A checkpoint file, or the right checkpoint inside a results folder (the choice is logged)."""
+    """A checkpoint file, or the right checkpoint inside a results folder (the choice is logged). An AutoML
+    experiment's folder stands for its best trial's best epoch, `<experiment>/<trial_id>` for that trial's."""
     p = Path(os.path.expanduser(str(path)))
     if p.is_file():
         return p
+    if prefer == "best":
+        found = _automl_checkpoint(p, key)
+        if found is not None:
+            return found
     if p.is_dir():
         found = find_checkpoint(p, prefer)
         if found is None:
