@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from automl._params import SearchSpace
+from automl.tracking import METRIC_KEYS
 from automl.trial import (
     TrialContext,
     error_text,
@@ -430,26 +431,7 @@ class Ledger:
         rec = self.record(trial)
         it = int(result.get("training_iteration", 0))
         entry = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        keep = {
-            k: entry[k]
-            for k in entry
-            if k
-            in (
-                self.metric,
-                "train_loss",
-                "val_loss",
-                "knn_acc",
-                "ACC_all",
-                "ACC_top5",
-                "lr",
-                "epoch",
-                "epoch_time_s",
-                "images_per_sec",
-                "peak_memory_gb",
-                "peak_host_memory_gb",
-                "time_total_s",
-            )
-        }
+        keep = {k: v for k, v in entry.items() if k in (self.metric, "epoch", "time_total_s", *METRIC_KEYS)}
         self.state["results_seen"] = self.state.get("results_seen", 0) + 1
         keep["seq"] = self.state[
             "results_seen"
