@@ -407,7 +407,7 @@ def _display_names(files: list[str], roots: list[Path]) -> list[str]:
     return names
 
 
-class ImageListDataset(_ImageDataset):
+class ImageListDataset(ImageFolderSSL):
     """Every image below `root` for inference. Items are `(transform(image), name)` where `name` is the
     absolute path for a local folder and `<source>/<path in it>` for an archive or S3 source
     (`mae.data.display_name`). Undecodable images are left out (`on_error="drop"`)."""
@@ -420,19 +420,8 @@ class ImageListDataset(_ImageDataset):
         verify: bool = True,
         on_error: str = "drop",
     ):
-        roots = _as_roots(root)
-        self.roots = roots
-        files = [f for r in roots for f in find_images(r)]
-        super().__init__(
-            files,
-            [0] * len(files),
-            transform,
-            label=_label(roots),
-            verify=verify,
-            on_error=on_error,
-            what=" in any subfolder",
-        )
-        self.names = _display_names(self.files, roots)
+        super().__init__(root, transform, verify=verify, on_error=on_error)
+        self.names = _display_names(self.files, self.roots)
 
     def _item(self, j: int, img: Any) -> tuple[Any, str]:
         return img, self.names[j]
