@@ -38,21 +38,28 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_optimizer(cfg: ExperimentConfig, model: torch.nn.Module, *, total_steps: int, num_epochs: int):
-    """AdamW (betas (momentum, 0.95)) over the model's parameter groups, and the per-step schedule.
-
-    Groups: no decay on norms/biases/tokens; layer-wise lr decay when finetuning; the encoder's lr scaled by
-    backbone_multiplier; frozen parameters left out."""
+def optimizer_groups(cfg: ExperimentConfig, model: torch.nn.Module) -> list[dict]:
+    """The spec's parameter groups: no decay on norms/biases/tokens, layer decay when finetuning, the encoder's
+    lr scaled by backbone_multiplier; frozen parameters left out."""
     from mae.models import param_groups
 
     o = cfg.train.optim
-    groups = param_groups(
+    return param_groups(
         model,
         weight_decay=o.weight_decay,
         layer_decay=o.layer_decay if cfg.train.stage == "finetune" else None,
         lr=o.lr,
         backbone_multiplier=o.backbone_multiplier,
     )
+
+
+def build_optimizer(cfg: ExperimentConfig, model: torch.nn.Module, *, total_steps: int, num_epochs: int):
+    """AdamW (betas (momentum, 0.95)) over the model's parameter groups, and the per-step schedule.
+
+    Groups: no decay on norms/biases/tokens; layer-wise lr decay when finetuning; the encoder's lr scaled by
+    backbone_multiplier; frozen parameters left out."""
+    o = cfg.train.optim
+    groups = optimizer_groups(cfg, model)
     if not groups:
         raise ConfigError("train.freeze: every parameter is frozen; nothing would train")
     opt = torch.optim.AdamW(groups, lr=o.lr, betas=(o.momentum, 0.95))
@@ -111,20 +118,13 @@ class _Base(pl.LightningModule):
         momentum) rather than those restored with the optimizer state: a Tune trial restored from another
         trial's checkpoint by PBT carries a mutated learning rate. Unchanged settings are left untouched, so a
         plain resume continues exactly. Returns the settings that changed (for the log)."""
-        from mae.models import param_groups
 
         o = self.cfg.train.optim
         opt = self.optimizers()
         opt = getattr(opt, "optimizer", opt)
         sched = self.lr_schedulers()
-        fresh = param_groups(
-            self.model,
-            weight_decay=o.weight_decay,
-            layer_decay=o.layer_decay if self.cfg.train.stage == "finetune" else None,
-            lr=o.lr,
-            backbone_multiplier=o.backbone_multiplier,
-        )
-        fresh = [g for g in fresh if any(p.requires_grad for p in g["params"])]
+        # param_groups already leaves frozen parameters out
+        fresh = optimizer_groups(self.cfg, self.model)
         if len(fresh) != len(opt.param_groups):
             return []
         changed: set[str] = set()
