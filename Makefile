@@ -16,7 +16,7 @@ venv: $(STAMP)
 
 ## The main job: a real small dataset, an AutoML search, the best model exported.
 demo: $(STAMP)
-	$(PY) -m mae.demo --out demo_results
+	$(PY) -m automl.demo --out demo_results
 
 ## Everything that must pass: lint, the schema check, the whole test suite.
 test: $(STAMP)

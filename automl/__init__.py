@@ -8,18 +8,11 @@
 The same as `automl run|status|ui` on the command line (docs/automl.md).
 """
 
-from automl.runner import (
-    ALGORITHMS,
-    SCHEDULERS,
-    TAO_ALGORITHMS,
-    AutoMLResult,
-    SearchOptions,
-    experiment_status,
-    format_status,
-    resolve_algorithm,
-    run,
-)
-from automl.tracking import start_ui, ui_command
+from automl.algorithms import ALGORITHMS, SCHEDULERS, TAO_ALGORITHMS, resolve_algorithm
+from automl.options import SearchOptions
+from automl.report import experiment_status, format_status
+from automl.runner import AutoMLResult, run
+from automl.ui import start_ui, ui_command
 
 __all__ = [
     "ALGORITHMS",

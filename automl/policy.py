@@ -1,4 +1,4 @@
-"""Whether a train request runs through AutoML or trains directly (PRODUCT.md section 5).
+"""Whether a train request runs through AutoML or trains directly (docs/automl.md).
 
     decision = resolve_policy(args.policy)          # --policy of `automl run`; `mae train` never asks
     log.info(decision.reason)                         # or log.warning when decision.warning
@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from mae.errors import ConfigError, did_you_mean
-from mae.schemas import SCHEMA_DIR
+from mae.resources import schema_dir as installed_schema_dir
 
 __all__ = ["OFF_PHRASES", "ON_WORDS", "PolicyDecision", "parse_policy", "resolve_policy"]
 
@@ -107,12 +107,13 @@ def _problem(path: Path, kind: str, what: str) -> str | None:
 
 
 def resolve_policy(
-    policy: str = "auto", schema_dir: str | os.PathLike = SCHEMA_DIR, *, action: str = "train"
+    policy: str = "auto", schema_dir: str | os.PathLike | None = None, *, action: str = "train"
 ) -> PolicyDecision:
-    """Decide how this run trains. `policy` is the --policy value; `schema_dir` holds skill_info.yaml,
-    train.schema.json and spec_template_train.yaml. Raises ConfigError for a policy it does not understand."""
+    """Decide how this run trains. `policy` is the --policy value; `schema_dir` (default: the installed
+    schemas/) holds skill_info.yaml, train.schema.json and spec_template_train.yaml. Raises ConfigError for a
+    policy it does not understand."""
     mode = parse_policy(policy)
-    d = Path(schema_dir)
+    d = Path(schema_dir) if schema_dir is not None else installed_schema_dir()
     if action != "train":
         return PolicyDecision(False, mode, f"AutoML searches training only; {action} runs directly")
     if mode == "off":

@@ -4,7 +4,7 @@
     space = load_search_space(path, ["train.optim.lr", "train.mask_ratio"])
     space.bind(spec_values).sample(rng)                                 # {dotted key: value}
 
-What is read (PRODUCT.md section 4):
+What is read (docs/automl_search_spaces.md):
   type            standard JSON Schema (number, integer, boolean, string + enum, a list with "null") and TAO's
                   (float, int, bool, categorical, ordered_int, ordered); collection/list/array/object/const
                   and free strings are never searched.
@@ -38,21 +38,21 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from automl._params import (
+from automl.parameters import (
     RELATIONAL,
+    Bounds,
     Condition,
     Parameter,
     Refinement,
-    SearchSpace,
-    _apply_relation,
-    _Bounds,
+    apply_relation,
     capped,
     domain_of,
     fmt,
     parse_math_cond,
 )
+from automl.space import SearchSpace
 from mae.errors import ConfigError, did_you_mean
-from mae.schemas import SCHEMA_DIR
+from mae.resources import schema_dir
 
 __all__ = [
     "Condition",
@@ -65,7 +65,7 @@ __all__ = [
     "read_schema",
 ]
 
-TRAIN_SCHEMA = SCHEMA_DIR / "train.schema.json"
+TRAIN_SCHEMA = schema_dir() / "train.schema.json"
 
 _FLOAT_TYPES = {"number", "float"}
 _INT_TYPES = {"integer", "int"}
@@ -153,6 +153,10 @@ class Schema:
     def _walk(self, node: Mapping, prefix: str, problems: list[str]) -> None:
         for name, sub in node.get("properties", {}).items():
             key = f"{prefix}{name}"
+            if isinstance(sub, list) and all(isinstance(v, str) for v in sub):
+                # NVIDIA's schemas keep a list of section names here (e.g. `properties.automl_disabled_
+                # parameters`): TAO's container list, not a field; containers are never searched anyway
+                continue
             if not isinstance(sub, Mapping):
                 problems.append(f"{key}: the schema entry in {self.file} is not an object")
             elif isinstance(sub.get("properties"), Mapping):
@@ -288,7 +292,7 @@ class Schema:
             source=ref.source if ref is not None and ref.source else self.file,
             explicit=bool(ref is not None and ref.explicit),
         )
-        if domain_of(param, capped(_Bounds(*_bounds_of(param)))) is None:
+        if domain_of(param, capped(Bounds(*_bounds_of(param)))) is None:
             rule = (
                 f" satisfies math_cond {cond.text!r}"
                 if cond is not None and not cond.relative
@@ -297,9 +301,9 @@ class Schema:
             raise ConfigError(f"{said}: no value in {search.text()}{rule}")
         return param
 
-    def _validation_bounds(self, node: Mapping, here: str, problems: list[str]) -> _Bounds:
+    def _validation_bounds(self, node: Mapping, here: str, problems: list[str]) -> Bounds:
         """minimum/maximum/exclusiveMinimum/exclusiveMaximum (draft 2020 numbers or draft 4 booleans)."""
-        bounds = _Bounds()
+        bounds = Bounds()
         for key, low in (
             ("minimum", True),
             ("maximum", False),
@@ -320,7 +324,7 @@ class Schema:
         return bounds
 
     def _math_cond(
-        self, node: Mapping, kind: str, here: str, bounds: _Bounds, problems: list[str]
+        self, node: Mapping, kind: str, here: str, bounds: Bounds, problems: list[str]
     ) -> tuple[Condition | None, int | None, float | int | None]:
         """(condition, power, step); bound forms ("> 0.0") are folded into `bounds`."""
         mc = node.get("math_cond")
@@ -334,7 +338,7 @@ class Schema:
         if cond.relative:
             return cond, None, None
         if cond.op in RELATIONAL:
-            _apply_relation(bounds, cond.op, cond.operand)
+            apply_relation(bounds, cond.op, cond.operand)
             return cond, None, None
         if cond.op == "^":
             return cond, int(cond.operand), None
@@ -373,7 +377,7 @@ class Schema:
         return depends_on
 
     def _schema_choices(
-        self, node: Mapping, kind: str, here: str, bounds: _Bounds, problems: list[str]
+        self, node: Mapping, kind: str, here: str, bounds: Bounds, problems: list[str]
     ) -> tuple[list | None, list[float] | None]:
         """The enum (for a bool without one: [false, true]) and its normalised option_weights."""
         if bounds.lo > bounds.hi:
@@ -451,10 +455,10 @@ class Schema:
         return new, weights
 
     def _search_range(
-        self, node, ref, name, kind, here, said, bounds: _Bounds, choices, problems: list[str]
-    ) -> _Bounds:
+        self, node, ref, name, kind, here, said, bounds: Bounds, choices, problems: list[str]
+    ) -> Bounds:
         """automl_range (ours), else the validation bounds (TAO); then the refinement's low/high."""
-        search = _Bounds(bounds.lo, bounds.lo_open, bounds.hi, bounds.hi_open)
+        search = Bounds(bounds.lo, bounds.lo_open, bounds.hi, bounds.hi_open)
         ar = node.get("automl_range")
         if ar is not None and choices is None:
             try:
@@ -484,7 +488,7 @@ class Schema:
         return search
 
     @staticmethod
-    def _check_scale(name, kind, here, said, search: _Bounds, cond, log, power, step, problems) -> None:
+    def _check_scale(name, kind, here, said, search: Bounds, cond, log, power, step, problems) -> None:
         """A numeric range must be finite (unless a relation bounds that end) and fit its scale."""
         op = cond.op if cond is not None and cond.relative else None
         capped_low, capped_high = op in (">", ">="), op in ("<", "<=")  # the depends_on value bounds that end
@@ -519,9 +523,7 @@ class Schema:
         return when
 
     @staticmethod
-    def _set_range(
-        search: _Bounds, bounds: _Bounds, lo, hi, said: str, kind: str, problems: list[str]
-    ) -> None:
+    def _set_range(search: Bounds, bounds: Bounds, lo, hi, said: str, kind: str, problems: list[str]) -> None:
         """Narrow `search` to [lo, hi], which must lie inside the validation `bounds` (an end that equals an
         exclusive bound stays exclusive)."""
         ok = True

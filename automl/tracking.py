@@ -24,16 +24,17 @@ import json
 import logging
 import math
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mae.config import ExperimentConfig
-from mae.tracking import RunLogger, flat_params, tracking_uri
+from mae.fileio import atomic_write_json
+from mae.layout import ExperimentLayout
+from mae.metrics import EPOCH_KEYS
+from mae.tracking import RunLogger, flat_params
 
 log = logging.getLogger("automl")
 
@@ -173,20 +174,6 @@ class ExperimentTracker:
         return _make_child_callback(self, ctx, metric, mode, max_epochs, round_name)
 
 
-METRIC_KEYS = (
-    "train_loss",
-    "val_loss",
-    "knn_acc",
-    "ACC_all",
-    "ACC_top5",
-    "lr",
-    "epoch_time_s",
-    "images_per_sec",
-    "peak_memory_gb",
-    "peak_host_memory_gb",
-)
-
-
 def _make_child_callback(
     tracker: ExperimentTracker, ctx, metric: str, mode: str, max_epochs: int, round_name: str
 ):
@@ -253,7 +240,7 @@ def _make_child_callback(
             step = int(result.get("training_iteration", 0))
             metrics = {
                 k: float(result[k])
-                for k in (*METRIC_KEYS, metric)
+                for k in (*EPOCH_KEYS, metric)
                 if k in result and isinstance(result[k], (int, float)) and math.isfinite(float(result[k]))
             }
             value = metrics.get(metric)
@@ -313,7 +300,7 @@ def _make_child_callback(
 
 
 def _trial_dir(ctx, trial) -> str:
-    from automl.space import trial_results_dir
+    from automl.plan import trial_results_dir
 
     return trial_results_dir(ctx.results_dir, trial.trial_id)
 
@@ -329,168 +316,20 @@ def _context_tags_for(ctx) -> dict[str, str]:
         return {f"version.{k}": v for k, v in package_versions().items()}
 
 
-def _read_state(results_dir: str) -> dict:
+def _read_json(path: Path) -> dict:
     try:
-        return json.loads((Path(results_dir) / "automl" / "state.json").read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
 
 
-def _runs_file(results_dir: str) -> Path:
-    return Path(results_dir) / "automl" / "mlflow_runs.json"
+def _read_state(results_dir: str) -> dict:
+    return _read_json(ExperimentLayout(Path(results_dir)).state)
 
 
 def _read_runs(results_dir: str) -> dict[str, str]:
-    try:
-        return json.loads(_runs_file(results_dir).read_text())
-    except (OSError, ValueError):
-        return {}
+    return _read_json(ExperimentLayout(Path(results_dir)).mlflow_runs)
 
 
 def _write_runs(results_dir: str, runs: Mapping[str, str]) -> None:
-    path = _runs_file(results_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dict(runs), indent=1))
-    os.replace(tmp, path)
-
-
-# -------------------------------------------------------------------------------------------- plots
-
-
-def write_plots(files, state: Mapping[str, Any], space, metric: str, mode: str) -> list[str]:
-    """optimization_history.png (each trial's best metric in order, and the best so far) and, with enough
-    finished trials, param_importances.png (Optuna's PED-ANOVA importance of the searched parameters)."""
-    trials = [t for t in state.get("trials", {}).values() if t.get("best")]
-    if not trials:
-        return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = files.plots
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    values = [t["best"]["value"] for t in trials]
-    running, best = [], None
-    for v in values:
-        best = v if best is None or (v < best if mode == "min" else v > best) else best
-        running.append(best)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(range(len(values)), values, "o", label=f"trial's best {metric}")
-    ax.plot(range(len(values)), running, "-", label="best so far")
-    ax.set_xlabel("trial (in order of creation)")
-    ax.set_ylabel(metric)
-    ax.set_title("Optimization history")
-    ax.legend()
-    fig.tight_layout()
-    path = out_dir / "optimization_history.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(str(path))
-    importances = parameter_importances(state, space, metric, mode)
-    if importances:
-        fig, ax = plt.subplots(figsize=(7, 0.5 + 0.5 * len(importances)))
-        names = list(importances)[::-1]
-        ax.barh(names, [importances[n] for n in names])
-        ax.set_xlabel("importance (PED-ANOVA)")
-        ax.set_title(f"Parameter importance for {metric}")
-        fig.tight_layout()
-        path = out_dir / "param_importances.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(str(path))
-        (out_dir / "param_importances.json").write_text(json.dumps(importances, indent=1) + "\n")
-    return written
-
-
-def parameter_importances(state: Mapping[str, Any], space, metric: str, mode: str) -> dict[str, float]:
-    """{parameter: importance} from the finished trials' configurations and best values (Optuna's default
-    evaluator); {} with fewer than 4 trials or nothing that varies."""
-    import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    trials = [t for t in state.get("trials", {}).values() if t.get("best")]
-    if len(trials) < 4:
-        return {}
-    dists: dict[str, Any] = {}
-    for p in space:
-        seen = [t["config"].get(p.name) for t in trials if p.name in (t.get("config") or {})]
-        if len(set(map(str, seen))) < 2:
-            continue
-        if p.choices is not None or p.kind in ("categorical", "bool"):
-            dists[p.name] = CategoricalDistribution(sorted(set(seen), key=str))
-        elif p.kind == "int":
-            dists[p.name] = IntDistribution(int(min(seen)), int(max(seen)), log=p.log and min(seen) >= 1)
-        else:
-            dists[p.name] = FloatDistribution(float(min(seen)), float(max(seen)), log=p.log and min(seen) > 0)
-    if not dists:
-        return {}
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="minimize" if mode == "min" else "maximize")
-    for t in trials:
-        params = {k: t["config"][k] for k in dists if k in t["config"]}
-        if len(params) != len(dists):
-            continue
-        study.add_trial(
-            optuna.trial.create_trial(params=params, distributions=dists, value=float(t["best"]["value"]))
-        )
-    try:
-        imp = optuna.importance.get_param_importances(study)
-    except (ValueError, RuntimeError) as e:
-        log.debug("parameter importance not computed: %s", e)
-        return {}
-    return {k: float(v) for k, v in imp.items()}
-
-
-# ------------------------------------------------------------------------------------------ the UI
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def ui_command(results_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
-    """The `mlflow ui` command for an experiment's tracking store (SQLite in the results folder)."""
-    uri = tracking_uri(results_dir)
-    return [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "ui",
-        "--backend-store-uri",
-        uri,
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
-
-
-def start_ui(results_dir: str | os.PathLike, *, host: str = "127.0.0.1", port: int | None = None, **popen):
-    """Start the MLflow UI on `host:port` (a free port when None); returns (process, url). The caller stops it."""
-    port = port or free_port(host)
-    cmd = ui_command(results_dir, host=host, port=port)
-    proc = subprocess.Popen(cmd, start_new_session=True, **popen)
-    return proc, f"http://{host}:{port}"
-
-
-def wait_for_ui(url: str, proc=None, timeout: float = 90.0) -> bool:
-    """True once the UI answers on `url` (MLflow needs ~15 s to start)."""
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return True
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.5)
-    return False
+    atomic_write_json(ExperimentLayout(Path(results_dir)).mlflow_runs, dict(runs))

@@ -39,17 +39,17 @@ from typing import Any
 
 import numpy as np
 
-from automl._objective import METRIC_MODES
-from automl._params import SearchSpace
-from automl.space import trial_results_dir, trial_spec
+from automl.parameters import is_number
+from automl.plan import ResolvedSpec, trial_results_dir, trial_spec
+from automl.space import SearchSpace
 from mae.config import ExperimentConfig
+from mae.layout import TUNE_CHECKPOINT_FILE as CHECKPOINT_FILE
+from mae.layout import TUNE_EPOCH_FILE as EPOCH_FILE
+from mae.metrics import METRIC_MODES, MONITORS
 
 log = logging.getLogger("automl")
 
-CHECKPOINT_FILE = "checkpoint.ckpt"  # inside each Tune checkpoint folder
-EPOCH_FILE = "epoch.json"  # the epoch's metrics, beside it
 FAILURE_FILE = "failure.json"  # in a trial folder: a failure that a retry would only repeat
-MONITORS = ("train_loss", "val_loss", "ACC_all", "knn_acc")  # what train.optim.monitor_name accepts
 DETERMINISTIC_FAILURES = ("nan", "no-metric")
 FAILURE_KINDS = ("nan", "oom", "no-metric", "error")
 
@@ -106,8 +106,7 @@ def error_text(trial: Any) -> str | None:
 class TrialContext:
     """What every trial of an experiment shares (sent once to the workers through the object store)."""
 
-    spec: Mapping[str, Any] | None  # the user's spec as written (before overrides; `???` and ${...} kept)
-    overrides: tuple[str, ...]  # the user's overrides, plus absolute paths for local sources
+    spec: ResolvedSpec  # the user's spec with its overrides, absolute paths and results_dir (built once)
     results_dir: str  # the experiment's results_dir (absolute)
     metric: str
     mode: str
@@ -121,7 +120,6 @@ class TrialContext:
     monitor: bool = (
         True  # set train.optim.monitor_name to the metric (the trial's best.ckpt is the best epoch)
     )
-    extra_overrides: tuple[str, ...] = field(default_factory=tuple)
     callbacks: tuple[str, ...] = ()  # "module:factory" of extra Lightning callbacks, factory(cfg) -> Callback
     done: Mapping[str, Any] = field(default_factory=dict)  # trials that finished before a crash: not rerun
 
@@ -153,7 +151,7 @@ def trial_values(space: SearchSpace, config: Mapping[str, Any], rng: Any = None)
             continue
         dom = space.domain(p, out)
         v = config.get(p.name)
-        if v is not None and not dom.contains(v) and _is_number(v) and p.choices is None:
+        if v is not None and not dom.contains(v) and is_number(v) and p.choices is None:
             lo, hi = dom.lowest(), dom.highest()
             c = min(max(v, lo), hi)
             v = int(round(c)) if p.kind == "int" else float(c)
@@ -161,10 +159,6 @@ def trial_values(space: SearchSpace, config: Mapping[str, Any], rng: Any = None)
             v = dom.sample(gen)
         out[p.name] = _plain(v)
     return out
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 
 def _plain(v: Any) -> Any:
@@ -179,10 +173,8 @@ def _plain(v: Any) -> Any:
 
 def build_trial_spec(ctx: TrialContext, values: Mapping[str, Any], trial_id: str) -> ExperimentConfig:
     """The spec this trial trains (in its own folder, monitoring the search metric when the spec can)."""
-    overrides = [*ctx.overrides, *ctx.extra_overrides]
-    if ctx.monitor and ctx.metric in MONITORS:
-        overrides.append(f"train.optim.monitor_name={ctx.metric}")
-    return trial_spec(ctx.spec, overrides, values, trial_results_dir(ctx.results_dir, trial_id))
+    extra = {"train.optim.monitor_name": ctx.metric} if ctx.monitor and ctx.metric in MONITORS else None
+    return trial_spec(ctx.spec, values, trial_results_dir(ctx.results_dir, trial_id), extra)
 
 
 # ------------------------------------------------------------------------------------ epoch reports
@@ -314,7 +306,7 @@ def _classify(exc: BaseException, metric: str, seen: set[str]) -> TrialFailure:
 
 
 def _no_metric(metric: str, seen: set[str]) -> TrialFailure:
-    logged = sorted(k for k in seen if k in METRIC_MODES or k in ("ACC_top5",))
+    logged = sorted(k for k in seen if k in METRIC_MODES)
     return TrialFailure(
         "no-metric",
         f"the trial finished without logging {metric!r} (it logged {', '.join(logged) or 'nothing'}); "

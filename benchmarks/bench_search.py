@@ -32,7 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mae.demo import DEMO_SPEC, build_digits_dataset  # noqa: E402
+from automl.demo import DEMO_SPEC
+from mae.data.digits import build_digits_dataset  # noqa: E402
 
 TAO_SPACE = """\
 # TAO's default search for MAE: the validation bounds themselves, uniformly.

@@ -22,7 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mae.demo import DEMO_SPEC, build_digits_dataset  # noqa: E402
+from automl.demo import DEMO_SPEC
+from mae.data.digits import build_digits_dataset  # noqa: E402
 from mae.engine.modules import build_optimizer  # noqa: E402
 from mae.engine.trainer import build_network, run_training  # noqa: E402
 from mae.spec import load_spec  # noqa: E402

@@ -35,12 +35,6 @@ class CheckpointError(MAEError):
     """A checkpoint that is missing, unreadable, or of the wrong kind (stage, classes, arch)."""
 
 
-class NotBuiltError(MAEError):
-    """A feature whose implementation has not landed yet. Says so plainly instead of pretending to work."""
-
-    exit_code = 3
-
-
 class MissingDependencyError(MAEError):
     """An optional dependency (e.g. TensorRT) or device (a GPU) that the requested step needs."""
 

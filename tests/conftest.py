@@ -49,7 +49,7 @@ def _hermetic_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory) -> dict[str, Path]:
     """scikit-learn's real digits as images_{train,val,test}.tar.gz of class folders (32x32 RGB PNG)."""
-    from mae.demo import build_digits_dataset
+    from mae.data.digits import build_digits_dataset
 
     return build_digits_dataset(tmp_path_factory.mktemp("digits"))
 

@@ -52,7 +52,7 @@ def ray_cluster(s3_server, tmp_path_factory):
     import ray
     from ray.cluster_utils import Cluster
 
-    from automl.runner import RUNTIME_ENV_VARS
+    from automl.ray_session import RUNTIME_ENV_VARS
     from tests.s3server import _env_for
 
     if ray.is_initialized():

@@ -59,7 +59,7 @@ def mlflow_runs(results_dir: Path):
 def test_search_end_to_end_asha_mlflow_onnx_and_ui(ray_cluster, digits_small, tmp_path, capsys):
     import requests
 
-    from automl.tracking import start_ui, wait_for_ui
+    from automl.ui import start_ui, wait_for_ui
     from mae.engine.checkpoints import resolve_checkpoint
 
     out = tmp_path / "exp"

@@ -10,30 +10,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from automl.cli import build_parser, options_from_args
+from automl.algorithms import PBTExplore, initial_population, pbt_mutations, resolve_algorithm
+from automl.cli import build_parser
 from automl.cli import main as automl_main
-from automl.runner import (
-    ExperimentFiles,
-    Ledger,
-    PBTExplore,
-    SearchOptions,
-    _validate_options,
-    best_trial,
-    build_summary,
-    experiment_status,
-    format_status,
-    format_summary,
-    initial_population,
-    pbt_mutations,
-    preflight_data,
-    progress_table,
-    resolve_algorithm,
-    storage_location,
-)
-from automl.space import plan_search
+from automl.ledger import Ledger, best_trial, progress_table
+from automl.options import SearchOptions, options_from_args
+from automl.plan import plan_search, preflight_data
+from automl.ray_session import storage_location
+from automl.report import build_summary, experiment_status, format_status, format_summary
 from automl.trial import TrialFailure, failure_of, trial_values
 from mae.engine.checkpoints import resolve_checkpoint
 from mae.errors import CheckpointError, ConfigError, DataError
+from mae.layout import ExperimentLayout as ExperimentFiles
 
 # ------------------------------------------------------------------------------------ algorithms
 
@@ -78,27 +66,33 @@ def test_algorithm_errors(algorithm, scheduler, message):
 
 
 def test_option_validation_lists_every_problem():
-    problems = _validate_options(
+    with pytest.raises(ConfigError) as e:
         SearchOptions(
-            max_trials=0, time_budget=-1, max_concurrent=0, extend=0, gpus_per_trial=1.5, reduction_factor=1
+            max_trials=0, time_budget=-1, max_concurrent=0, extend=0, gpus_per_trial=0, reduction_factor=1
         )
-    )
-    text = "\n".join(problems)
-    for flag in (
-        "--max-trials",
-        "--time-budget",
-        "--max-concurrent",
-        "--extend",
-        "--gpus-per-trial",
-        "--reduction-factor",
+    problems = e.value.problems
+    assert len(problems) == 6
+    for flag, rule in (
+        ("--max-trials 0", "must be >= 1"),
+        ("--time-budget -1", "must be > 0"),
+        ("--max-concurrent 0", "must be >= 1"),
+        ("--extend 0", "must be >= 1"),
+        ("--gpus-per-trial 0", "must be > 0"),
+        ("--reduction-factor 1", "must be > 1"),
     ):
-        assert flag in text
+        assert any(line == f"{flag}: {rule}" for line in problems), (flag, problems)
+    with pytest.raises(ConfigError, match="--gpus-per-trial 1.5: a fraction below 1 or a whole number"):
+        SearchOptions(gpus_per_trial=1.5)
+    with pytest.raises(ConfigError, match="--mode needs --metric"):
+        SearchOptions(mode="max")
+    with pytest.raises(ConfigError, match="max_trails: not an option"):
+        SearchOptions(max_trails=3)
 
 
 def test_cmaes_without_its_package_says_how_to_install(monkeypatch):
     import builtins
 
-    from automl.runner import make_sampler
+    from automl.algorithms import make_sampler
     from mae.errors import MissingDependencyError
 
     real_import = builtins.__import__
@@ -265,7 +259,7 @@ def test_a_reported_metric_resets_the_failure_count(tmp_path):
 
 
 def test_budget_accounting_time_and_gpu_hours(tmp_path, monkeypatch):
-    import automl.runner as R
+    import automl.ledger as R
 
     clock = [1000.0]
     monkeypatch.setattr(R.time, "monotonic", lambda: clock[0])
@@ -594,7 +588,7 @@ def test_s3_storage_reads_the_endpoint_and_never_pickles_credentials(tmp_path, m
 
 
 def test_plots_and_importances(tmp_path, space):
-    from automl.tracking import parameter_importances, write_plots
+    from automl.plots import parameter_importances, write_plots
 
     rng = np.random.default_rng(0)
     trials = {}
@@ -673,7 +667,7 @@ def test_ray_cluster_yaml_is_a_valid_cluster_launcher_config():
 
 
 def test_demo_spec_searches_the_micro_vit_within_its_budget():
-    from mae.demo import DEMO_SPEC, SEARCH
+    from automl.demo import DEMO_SPEC, SEARCH
     from mae.spec import build_raw
 
     raw, missing = build_raw(DEMO_SPEC)

@@ -11,19 +11,16 @@ import numpy as np
 import pytest
 import yaml
 
+from automl.objective import guard_objective, resolve_objective
+from automl.plan import ResolvedSpec, plan_search, trial_results_dir, trial_spec
 from automl.schema import SearchSpace, load_search_space, read_schema
-from automl.space import (
+from automl.space_file import (
     SEARCH_SPACES_DIR,
     build_space,
-    guard_objective,
     parse_expression,
     parse_param,
-    plan_search,
     read_space_file,
-    resolve_objective,
     space_file_for_stage,
-    trial_results_dir,
-    trial_spec,
 )
 from mae.config import ExperimentConfig
 from mae.errors import ConfigError
@@ -255,7 +252,7 @@ def test_every_search_space_file_loads_and_validates(path, tmp_path):
     plan = plan_search(spec, check_samples=64)
     assert plan.space_file == path
     for seed in range(8):
-        cfg = trial_spec(spec, [], plan.space.sample(seed), tmp_path / "trial")
+        cfg = trial_spec(plan.spec, plan.space.sample(seed), tmp_path / "trial")
         assert isinstance(cfg, ExperimentConfig)
 
 
@@ -543,7 +540,8 @@ def test_trial_spec_keeps_user_overrides_and_writes_its_own_folder(user):
     trial_dir = trial_results_dir(tmp / "results", "t_0001")
     assert trial_dir == str(tmp / "results" / "automl" / "trials" / "t_0001")
     values = {"train.optim.lr": 3e-4, "train.optim.weight_decay": 0.07, "train.optim.warmup_epochs": 2}
-    cfg = trial_spec(spec, overrides, values, trial_dir)
+    resolved = ResolvedSpec.of(spec, overrides)
+    cfg = trial_spec(resolved, values, trial_dir)
     assert cfg.train.num_gpus == 2 and cfg.train.gpu_ids == [0, 1]
     assert cfg.train.pretrained_model_path == str(tmp / "pre.ckpt")
     assert cfg.dataset.val_data_sources == "s3://bucket/images_val.tar.gz"
@@ -553,8 +551,8 @@ def test_trial_spec_keeps_user_overrides_and_writes_its_own_folder(user):
     assert cfg.train.results_dir == trial_dir and cfg.action_results_dir("train") == trial_dir
     assert cfg.train.resume_training_checkpoint_path is None  # trials never resume another run
     assert cfg.wandb.run_id is None
-    with pytest.raises(ConfigError, match="train.optim.warmup_epochs=6 must be less than train.num_epochs=6"):
-        trial_spec(spec, overrides, {"train.optim.warmup_epochs": 6}, trial_dir)
+    # TAO runs a warmup as long as the run (it never finishes), so a trial may too
+    assert trial_spec(resolved, {"train.optim.warmup_epochs": 6}, trial_dir).train.optim.warmup_epochs == 6
     with pytest.raises(ConfigError, match="trial id '../x'"):
         trial_results_dir(tmp, "../x")
 

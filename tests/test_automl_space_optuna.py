@@ -11,8 +11,9 @@ import numpy as np
 import optuna
 import pytest
 
+from automl.plan import define_by_run
 from automl.schema import load_search_space
-from automl.space import build_space, define_by_run
+from automl.space_file import build_space
 from tests.conftest import REPO
 
 TAO = REPO / "tests" / "fixtures" / "tao_dialect.schema.json"

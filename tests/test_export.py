@@ -14,13 +14,13 @@ import pytest
 import torch
 
 import mae.deploy.onnx_export as onnx_export
+from mae.actions.loading import load_for_action, load_trained
 from mae.config import ExperimentConfig
 from mae.deploy.errors import ParityError
 from mae.deploy.metadata import read_onnx_metadata
 from mae.deploy.onnx_export import data_path, export_network
 from mae.deploy.resolve import resolve_engine, resolve_onnx
 from mae.deploy.runtime import OnnxNetwork, load_onnx_model
-from mae.engine.loading import load_for_action, load_trained
 from mae.errors import CheckpointError, ConfigError
 from mae.models import build_classifier, build_mae
 from mae.models.testing import small_img_size, tiny_classifier_kwargs, tiny_mae_overrides
@@ -358,7 +358,7 @@ def test_parent_resolution_on_a_results_folder_with_several_checkpoints(tmp_path
 
 # --------------------------------------------------------------------------- evaluate / inference via ONNX
 def test_evaluate_and_inference_via_onnx_equal_the_checkpoint(exported, ckpts, tmp_path):
-    from mae.engine.evaluation import classification_metrics
+    from mae.actions.common import classification_metrics
 
     path, _, _ = exported
     ev_ckpt = make_cfg(tmp_path, evaluate={"checkpoint": str(ckpts["finetune"])})

@@ -11,14 +11,14 @@ log = logging.getLogger("mae")
 
 
 def run(cfg: ExperimentConfig) -> dict:
-    from mae.engine import data as D
-    from mae.engine.evaluation import (
+    from mae.actions.common import (
         classification_metrics,
         eval_loader,
         reconstruction_loss,
         save_confusion_png,
         start_action,
     )
+    from mae.engine import data as D
     from mae.errors import ConfigError
     from mae.fileio import atomic_write_text
 

@@ -76,11 +76,11 @@ def _metadata(cfg: ExperimentConfig, loaded) -> dict:
 
 def run(cfg: ExperimentConfig, *, overwrite: bool | None = None) -> dict:
     """Export `export.checkpoint`. `overwrite` (None: the spec's `export.overwrite`, false by default)."""
+    from mae.actions.loading import load_trained
     from mae.deploy.onnx_export import data_path, export_network
     from mae.deploy.resolve import check_free, output_path
     from mae.engine.callbacks import StatusLog
     from mae.engine.checkpoints import resolve_checkpoint
-    from mae.engine.loading import load_trained
 
     x = cfg.export
     if overwrite is None:

@@ -15,9 +15,9 @@ GRID_ROWS = 8  # images per reconstruction grid
 
 
 def run(cfg: ExperimentConfig) -> dict:
+    from mae.actions.common import eval_loader, start_action
     from mae.data import ImageListDataset
     from mae.engine.data import resolve_sources
-    from mae.engine.evaluation import eval_loader, start_action
 
     ctx = start_action(cfg, "inference")
     loaded, out, status = ctx.loaded, ctx.out, ctx.status
@@ -34,7 +34,7 @@ def run(cfg: ExperimentConfig) -> dict:
 
 @torch.no_grad()
 def _classify(loaded, loader, device, out: Path) -> dict:
-    from mae.engine.evaluation import classifier_outputs
+    from mae.actions.common import classifier_outputs
     from mae.fileio import atomic_open
 
     classes = loaded.classes or [str(i) for i in range(loaded.network.num_classes)]
@@ -58,7 +58,7 @@ def _reconstruct(loaded, loader, device, out: Path, cfg: ExperimentConfig) -> di
     from torchvision.utils import save_image
 
     net = loaded.network.to(device).eval()
-    from mae.engine.loading import normalisation
+    from mae.actions.loading import normalisation
 
     mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in normalisation(loaded, cfg))
     grids = out / "reconstructions"

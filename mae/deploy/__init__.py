@@ -2,7 +2,7 @@
 
     onnx_export.export_network(model, path, ...)   a PyTorch network -> one checked .onnx file (parity-tested)
     tensorrt_build.build_engine(trt, onnx, ...)    an .onnx file -> a serialized TensorRT engine
-    runtime.load_onnx_model / load_engine_model   an .onnx file or engine -> mae.engine.loading.LoadedModel
+    runtime.load_onnx_model / load_engine_model   an .onnx file or engine -> mae.models.loaded.LoadedModel
     resolve.resolve_onnx / resolve_engine         a results folder standing where a file is expected
 
 Nothing here imports TensorRT at import time: it is an optional extra (`pip install 'mae-automl[deploy]'`),

@@ -1,4 +1,4 @@
-"""Deploy artifacts: parent-model resolution (PRODUCT.md section 6), default output names, overwrite
+"""Deploy artifacts: parent-model resolution, default output names, overwrite
 protection and atomic writes.
 
 A results folder may stand wherever a deploy artifact is expected:

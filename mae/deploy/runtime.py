@@ -1,6 +1,6 @@
 """ONNX files (onnxruntime) and TensorRT engines behind the interface evaluate and inference use.
 
-`load_onnx_model` / `load_engine_model` return a `mae.engine.loading.LoadedModel` whose `network` is an
+`load_onnx_model` / `load_engine_model` return a `mae.models.loaded.LoadedModel` whose `network` is an
 `nn.Module`: `network(imgs [N, C, H, W] normalised float) -> logits [N, num_classes]` on the device of `imgs`,
 with `.to()`, `.eval()` and `num_classes` like the PyTorch classifier. Batches larger than the artifact accepts
 (a fixed ONNX batch, an engine's max_batch_size) are split, and a short last batch is zero-padded and trimmed,
@@ -26,6 +26,7 @@ from mae.deploy.metadata import read_engine_metadata, read_onnx_metadata
 from mae.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME
 from mae.deploy.resolve import resolve_engine, resolve_onnx
 from mae.errors import CheckpointError
+from mae.models.loaded import LoadedModel
 
 log = logging.getLogger("mae")
 
@@ -203,8 +204,6 @@ def _square_size(shape: tuple[int, ...], file: Path, key: str) -> int:
 def _loaded(
     network: nn.Module, meta: dict[str, Any], file: Path, cfg: ExperimentConfig, img_size: int, key: str
 ):
-    from mae.engine.loading import LoadedModel
-
     classes = meta.get("classes")
     if classes is not None and network.num_classes is not None and len(classes) != network.num_classes:
         raise CheckpointError(f"{key}: {file} names {len(classes)} classes but outputs {network.num_classes}")

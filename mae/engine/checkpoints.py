@@ -1,5 +1,5 @@
 """Checkpoint files: atomic writes, safe reads, and parent-model resolution (a results folder may stand
-wherever a checkpoint is expected, PRODUCT.md section 6).
+wherever a checkpoint is expected).
 
 Our checkpoints are Lightning `.ckpt` files (the full training state, for resume). Their `hyper_parameters`
 hold plain data only (the resolved spec, stage, arch, classes), so every checkpoint loads with

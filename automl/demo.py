@@ -1,6 +1,6 @@
 """The README's main job: a real small dataset, an AutoML search, and the best model exported.
 
-    python -m mae.demo [--out DIR]
+    python -m automl.demo [--out DIR]
 
 Builds scikit-learn's 1,797 real handwritten digits (10 classes) as `images_{train,val,test}.tar.gz` of
 class folders (32x32 RGB PNGs), runs `automl run --policy auto` on examples/demo.yaml (MAE pretraining of a
@@ -11,73 +11,24 @@ model and the MLflow UI command. Rerunning it shows the finished search again (`
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import logging
 import sys
-import tarfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from mae.cli import run_guarded, setup_logging
-from mae.errors import MissingDependencyError
-from mae.fileio import atomic_open
+from mae.data.digits import build_digits_dataset
+from mae.layout import ExperimentLayout
 
-log = logging.getLogger("mae.demo")
 DEMO_SPEC = Path(__file__).resolve().parent.parent / "examples" / "demo.yaml"
-SPLITS = {"train": 0.6, "val": 0.2, "test": 0.2}
 # The demo's budget: 8 trials of up to 5 epochs, two at a time, ASHA stopping the weak ones early, and a
 # wall-clock cap so that the job stays well inside 15 minutes on a 2-core CPU machine.
 SEARCH = ["--max-trials", "8", "--max-concurrent", "2", "--time-budget", "600", "--seed", "0"]
 
 
-def build_digits_dataset(out_dir: str | Path, *, size: int = 32, seed: int = 0) -> dict[str, Path]:
-    """Write the digits as images_<split>.tar.gz (class folders '0'..'9'); returns split -> archive path.
-
-    A stratified, seeded split: every class is in every split, and reruns give identical archives.
-    Existing archives are kept (the build is deterministic), so a rerun costs nothing.
-    """
-    try:
-        import numpy as np
-        from PIL import Image
-        from sklearn.datasets import load_digits
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"the demo dataset needs scikit-learn and pillow ({e.name} is missing): pip install scikit-learn pillow"
-        ) from None
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {split: out / f"images_{split}.tar.gz" for split in SPLITS}
-    if all(p.exists() for p in paths.values()):
-        return paths
-    digits = load_digits()
-    rng = np.random.default_rng(seed)
-    assignment: dict[str, list[int]] = {s: [] for s in SPLITS}
-    for cls in range(10):
-        idx = rng.permutation(np.flatnonzero(digits.target == cls))
-        n_train = round(len(idx) * SPLITS["train"])
-        n_val = round(len(idx) * SPLITS["val"])
-        assignment["train"] += idx[:n_train].tolist()
-        assignment["val"] += idx[n_train : n_train + n_val].tolist()
-        assignment["test"] += idx[n_train + n_val :].tolist()
-    for split, indices in assignment.items():
-        with atomic_open(paths[split], "wb") as f, tarfile.open(fileobj=f, mode="w:gz") as tar:
-            for i in sorted(indices):
-                pixels = (digits.images[i] * (255.0 / 16.0)).clip(0, 255).astype("uint8")
-                img = Image.fromarray(pixels, mode="L").resize((size, size), Image.BICUBIC).convert("RGB")
-                buf = io.BytesIO()
-                img.save(buf, format="PNG")
-                info = tarfile.TarInfo(f"{digits.target[i]}/digit_{i:04d}.png")
-                info.size = buf.tell()
-                info.mtime = 0  # reproducible archives
-                buf.seek(0)
-                tar.addfile(info, buf)
-    return paths
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mae.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m automl.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="demo_results", help="results folder (default: %(default)s)")
     parser.add_argument("--extend", type=int, metavar="N", help="add N trials to the demo's finished search")
     args = parser.parse_args(argv)
@@ -105,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc = automl_main(["run", "-e", str(DEMO_SPEC), "--policy", "auto", *search, *overrides])
         if rc != 0:
             return rc
-        summary = json.loads((out / "automl" / "summary.json").read_text())
+        files = ExperimentLayout(out)
+        summary = json.loads(files.summary.read_text())
         best, deploy = summary.get("best") or {}, summary.get("deploy") or {}
         print(
             f"[3/3] best model: trial {best.get('trial_id')}, {summary['metric']}={best.get('value', float('nan')):.4f} "
@@ -116,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"      {key}: {deploy[key]}")
         for line in deploy.get("skipped", []):
             print(f"      {line}")
-        print(f"      summary: {out / 'automl' / 'summary.json'}")
+        print(f"      summary: {files.summary}")
         print(f"Done in {time.time() - t0:.0f} s. Compare the trials in MLflow: automl ui {out}")
         return 0
 

@@ -32,7 +32,7 @@ def batch_size(cfg: ExperimentConfig, section) -> int:
 
 def eval_aug(cfg: ExperimentConfig, loaded):
     """The spec's evaluation transform settings at the model's input size and normalisation."""
-    from mae.engine.loading import normalisation
+    from mae.actions.loading import normalisation
 
     mean, std = normalisation(loaded, cfg)
     return cfg.dataset.augmentation.model_copy(
@@ -42,7 +42,7 @@ def eval_aug(cfg: ExperimentConfig, loaded):
 
 @dataclass
 class ActionRun:
-    loaded: Any  # mae.engine.loading.LoadedModel
+    loaded: Any  # mae.models.loaded.LoadedModel
     out: Path
     status: Any  # mae.engine.callbacks.StatusLog
     device: torch.device
@@ -53,9 +53,9 @@ class ActionRun:
 def start_action(cfg: ExperimentConfig, action: str) -> ActionRun:
     """Load the model `<action>.checkpoint` / `trt_engine` names (its stage must match train.stage) and open
     the action's results folder with a STARTED line in its status.json."""
+    from mae.actions.loading import load_for_action
     from mae.data import build_eval_transform
     from mae.engine.callbacks import StatusLog
-    from mae.engine.loading import load_for_action
 
     section = getattr(cfg, action)
     loaded = load_for_action(cfg, section, action, stage=cfg.train.stage)

@@ -1,4 +1,4 @@
-"""The search-space model: parameters, their value domains, the constraints between them, and sampling.
+"""Searched parameters and their value domains (automl.space.SearchSpace combines them into a space).
 
 A `Parameter` is one searched spec key (dotted, e.g. `train.optim.lr`) with a kind (float, int, categorical,
 bool) and a domain. Bounds carry their strictness (`low_open`: the value must be > low). Numeric domains are
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -32,7 +32,7 @@ from mae.errors import ConfigError
 
 KINDS = ("float", "int", "categorical", "bool")
 RELATIONAL = (">", ">=", "<", "<=")
-_INF = math.inf
+INF = math.inf
 
 
 # ------------------------------------------------------------------------------------------ conditions
@@ -174,7 +174,7 @@ class Refinement:
 # -------------------------------------------------------------------------------------------- domains
 
 
-class _Domain:
+class Domain:
     """The values a parameter may take once its bounds are known. Subclasses sample and suggest."""
 
     def sample(self, rng: np.random.Generator) -> Any:
@@ -193,12 +193,12 @@ class _Domain:
         raise NotImplementedError
 
 
-def _is_number(v: Any) -> bool:
+def is_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 
 @dataclass
-class _FloatRange(_Domain):
+class _FloatRange(Domain):
     lo: float
     hi: float
     log: bool
@@ -216,7 +216,7 @@ class _FloatRange(_Domain):
         return float(trial.suggest_float(name, self.lo, self.hi, log=self.log))
 
     def contains(self, value):
-        return _is_number(value) and self.lo <= value <= self.hi
+        return is_number(value) and self.lo <= value <= self.hi
 
     def lowest(self):
         return self.lo
@@ -226,7 +226,7 @@ class _FloatRange(_Domain):
 
 
 @dataclass
-class _IntRange(_Domain):
+class _IntRange(Domain):
     lo: int
     hi: int
     log: bool
@@ -258,7 +258,7 @@ class _IntRange(_Domain):
 
 
 @dataclass
-class _Powers(_Domain):
+class _Powers(Domain):
     """base**e for e in [e_lo, e_hi], each power equally likely. Optuna searches the exponent."""
 
     base: int
@@ -279,7 +279,7 @@ class _Powers(_Domain):
         return self._value(trial.suggest_int(name, self.e_lo, self.e_hi))
 
     def contains(self, value):
-        return _is_number(value) and any(value == v for v in self.values())
+        return is_number(value) and any(value == v for v in self.values())
 
     def lowest(self):
         return self._value(self.e_lo)
@@ -289,7 +289,7 @@ class _Powers(_Domain):
 
 
 @dataclass
-class _FloatMultiples(_Domain):
+class _FloatMultiples(Domain):
     """n * step for n in [n_lo, n_hi] (floats). Optuna searches n, so no rounding drift reaches the value."""
 
     step: Decimal
@@ -306,7 +306,7 @@ class _FloatMultiples(_Domain):
         return self._value(trial.suggest_int(name, self.n_lo, self.n_hi))
 
     def contains(self, value):
-        if not _is_number(value):
+        if not is_number(value):
             return False
         n = round(Decimal(repr(float(value))) / self.step)
         return self.n_lo <= n <= self.n_hi and math.isclose(self._value(n), value, rel_tol=1e-12)
@@ -319,7 +319,7 @@ class _FloatMultiples(_Domain):
 
 
 @dataclass
-class _Choices(_Domain):
+class _Choices(Domain):
     """A list of values. Weighted or ordered lists are searched in Optuna as a uniform u in [0, 1] mapped
     through the cumulative weights (inverse CDF): Optuna has no weighted categorical, and a categorical
     whose choices change between trials (an ordered list cut by a relation) is not allowed there."""
@@ -347,7 +347,7 @@ class _Choices(_Domain):
 
     def contains(self, value):
         if self.numeric:
-            return _is_number(value) and any(value == v for v in self.values)
+            return is_number(value) and any(value == v for v in self.values)
         return any(value == v and type(value) is type(v) for v in self.values)  # True is not 1
 
     def lowest(self):
@@ -361,10 +361,10 @@ class _Choices(_Domain):
 
 
 @dataclass
-class _Bounds:
-    lo: float = -_INF
+class Bounds:
+    lo: float = -INF
     lo_open: bool = False
-    hi: float = _INF
+    hi: float = INF
     hi_open: bool = False
 
     def raise_low(self, value: float, open_: bool) -> None:
@@ -387,13 +387,13 @@ class _Bounds:
 _BIG = 1e300
 
 
-def capped(b: _Bounds) -> _Bounds:
+def capped(b: Bounds) -> Bounds:
     """`b` with infinite ends replaced by huge finite ones: for emptiness checks and extremes of a parameter
     whose open end is bounded at sampling time by its relation (e.g. warmup_epochs < num_epochs, max Infinity)."""
-    return _Bounds(max(b.lo, -_BIG), b.lo_open, min(b.hi, _BIG), b.hi_open)
+    return Bounds(max(b.lo, -_BIG), b.lo_open, min(b.hi, _BIG), b.hi_open)
 
 
-def _apply_relation(b: _Bounds, op: str, other: float) -> None:
+def apply_relation(b: Bounds, op: str, other: float) -> None:
     """Bounds of x such that `x op other` holds."""
     if op in (">", ">="):
         b.raise_low(other, op == ">")
@@ -401,19 +401,19 @@ def _apply_relation(b: _Bounds, op: str, other: float) -> None:
         b.lower_high(other, op == "<")
 
 
-def _closed_int(b: _Bounds) -> tuple[float, float]:
-    lo = -_INF if math.isinf(b.lo) else (math.floor(b.lo) + 1 if b.lo_open else math.ceil(b.lo))
-    hi = _INF if math.isinf(b.hi) else (math.ceil(b.hi) - 1 if b.hi_open else math.floor(b.hi))
+def _closed_int(b: Bounds) -> tuple[float, float]:
+    lo = -INF if math.isinf(b.lo) else (math.floor(b.lo) + 1 if b.lo_open else math.ceil(b.lo))
+    hi = INF if math.isinf(b.hi) else (math.ceil(b.hi) - 1 if b.hi_open else math.floor(b.hi))
     return lo, hi
 
 
-def _closed_float(b: _Bounds) -> tuple[float, float]:
-    lo = math.nextafter(b.lo, _INF) if b.lo_open else b.lo
-    hi = math.nextafter(b.hi, -_INF) if b.hi_open else b.hi
+def _closed_float(b: Bounds) -> tuple[float, float]:
+    lo = math.nextafter(b.lo, INF) if b.lo_open else b.lo
+    hi = math.nextafter(b.hi, -INF) if b.hi_open else b.hi
     return lo, hi
 
 
-def domain_of(p: Parameter, b: _Bounds) -> _Domain | None:
+def domain_of(p: Parameter, b: Bounds) -> Domain | None:
     """The domain of `p` within bounds `b` (its own range already in `b`), or None when nothing is left."""
     if p.choices is not None:
         numeric = p.kind in ("float", "int")
@@ -468,246 +468,9 @@ def _powers(p: Parameter, lo: float, hi: float) -> _Powers | None:
 # ---------------------------------------------------------------------------------------- the space
 
 
-def _as_rng(rng: Any) -> np.random.Generator:
+def as_rng(rng: Any) -> np.random.Generator:
     if isinstance(rng, np.random.Generator):
         return rng
     if rng is None or isinstance(rng, (int, np.integer)):
         return np.random.default_rng(rng)
     raise TypeError(f"rng must be a numpy Generator or an int seed, got {type(rng).__name__}")
-
-
-@dataclass
-class SearchSpace:
-    """Searched parameters in sampling order, plus the fixed spec values their conditions may read.
-
-    Build one with `automl.schema.load_search_space` or `automl.space.build_space`; `bind(spec_values)`
-    returns a copy that knows the user's fixed values (dotted keys), checks every constraint can be met and
-    narrows parents so that their dependants always have a valid value.
-    """
-
-    parameters: tuple[Parameter, ...]
-    fixed: dict[str, Any] = field(default_factory=dict)
-    origin: str = ""
-    _extra: dict[str, _Bounds] | None = field(default=None, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        self.parameters = tuple(_order(self.parameters))
-        self._by_name = {p.name: p for p in self.parameters}
-
-    # -- container protocol
-    @property
-    def names(self) -> list[str]:
-        return [p.name for p in self.parameters]
-
-    def __iter__(self) -> Iterator[Parameter]:
-        return iter(self.parameters)
-
-    def __len__(self) -> int:
-        return len(self.parameters)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._by_name
-
-    def __getitem__(self, name: str) -> Parameter:
-        return self._by_name[name]
-
-    def describe(self) -> list[str]:
-        return [p.describe() for p in self.parameters]
-
-    # -- derived spaces
-    def bind(self, fixed: Mapping[str, Any]) -> SearchSpace:
-        """A copy that reads `fixed` (dotted spec values) for keys it does not search; checked at once."""
-        space = SearchSpace(self.parameters, {**self.fixed, **dict(fixed)}, self.origin)
-        space._prepare()
-        return space
-
-    def without(self, names: Iterable[str]) -> SearchSpace:
-        drop = set(names)
-        return SearchSpace(
-            tuple(p for p in self.parameters if p.name not in drop), dict(self.fixed), self.origin
-        )
-
-    # -- sampling
-    def sample(self, rng: Any = None, fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """One valid configuration {dotted key: value} of the active parameters."""
-        space = self.bind(fixed) if fixed else self
-        space._prepare()
-        gen = _as_rng(rng)
-        values: dict[str, Any] = {}
-        for p in space.parameters:
-            if space.active(p, values):
-                values[p.name] = space.domain(p, values).sample(gen)
-        return values
-
-    def suggest(self, trial: Any) -> dict[str, Any]:
-        """The Optuna define-by-run body: parents first, conditional parameters only when active."""
-        self._prepare()
-        values: dict[str, Any] = {}
-        for p in self.parameters:
-            if self.active(p, values):
-                values[p.name] = self.domain(p, values).suggest(trial, p.name)
-        return values
-
-    def check(self, values: Mapping[str, Any]) -> list[str]:
-        """Problems of a configuration against this (bound) space: one line each; [] when valid."""
-        self._prepare()
-        problems = [f"{k}: not a searched parameter" for k in values if k not in self]
-        seen: dict[str, Any] = {}
-        for p in self.parameters:
-            active = self.active(p, seen)
-            if not active:
-                if p.name in values:
-                    problems.append(f"{p.name}={fmt(values[p.name])}: set although its `when` is not met")
-                continue
-            if p.name not in values:
-                problems.append(f"{p.name}: missing")
-                continue
-            v = seen[p.name] = values[p.name]
-            try:
-                dom = self.domain(p, seen)
-            except ConfigError as e:
-                problems.extend(e.problems)
-                continue
-            if not dom.contains(v):
-                problems.append(f"{p.name}={fmt(v)}: outside its domain ({p.describe()})")
-        return problems
-
-    # -- internals shared with automl.space.define_by_run
-    def value_of(self, key: str, values: Mapping[str, Any], needed_by: str) -> Any:
-        if key in values:
-            return values[key]
-        if key in self.fixed:
-            return self.fixed[key]
-        raise ConfigError(
-            f"{needed_by}: needs the value of {key}, which is not searched; bind the spec's values "
-            f"(SearchSpace.bind) or pass fixed={{'{key}': ...}}"
-        )
-
-    def active(self, p: Parameter, values: Mapping[str, Any]) -> bool:
-        for key, allowed in (p.when or {}).items():
-            if key in self and key not in values and self.active(self[key], values):
-                raise ConfigError(f"{p.name}: `when` reads {key} before it is sampled")  # ordering bug
-            if self.value_of(key, values, p.name) not in allowed:
-                return False
-        return True
-
-    def static_bounds(self, p: Parameter) -> _Bounds:
-        b = _Bounds(
-            -_INF if p.low is None else p.low,
-            p.low_open,
-            _INF if p.high is None else p.high,
-            p.high_open,
-        )
-        extra = (self._extra or {}).get(p.name)
-        if extra is not None:
-            b.raise_low(extra.lo, extra.lo_open)
-            b.lower_high(extra.hi, extra.hi_open)
-        return b
-
-    def domain(self, p: Parameter, values: Mapping[str, Any]) -> _Domain:
-        b = self.static_bounds(p)
-        rel = p.relation
-        if rel is not None:
-            other = self.value_of(p.depends_on, values, p.name)
-            if not _is_number(other):
-                raise ConfigError(
-                    f"{p.name}: its condition '{rel.text}' compares with {p.depends_on}={fmt(other)}, "
-                    "which is not a number"
-                )
-            _apply_relation(b, rel.op, other)
-        dom = domain_of(p, b)
-        if dom is None:
-            where = f" with {p.depends_on}={fmt(values.get(p.depends_on, self.fixed.get(p.depends_on)))}"
-            raise ConfigError(
-                f"{p.name}: no valid value is left in {b.text()}{where if rel else ''} ({p.describe()})"
-            )
-        return dom
-
-    def _prepare(self) -> None:
-        """Check every dependency can be read, and narrow searched parents so dependants keep a value."""
-        if self._extra is not None:
-            return
-        problems: list[str] = []
-        for p in self.parameters:
-            keys = ([p.depends_on] if p.relation is not None else []) + list(p.when or {})
-            for key in keys:
-                if key not in self and key not in self.fixed:
-                    problems.append(
-                        f"{p.name}: needs the value of {key}, which is not searched; bind the spec's values "
-                        f"(SearchSpace.bind) or pass fixed={{'{key}': ...}}"
-                    )
-            for key, allowed in (p.when or {}).items():
-                if key in self and self[key].choices is not None:
-                    bad = [a for a in allowed if a not in self[key].choices]
-                    if bad:
-                        problems.append(
-                            f"{p.name}: when {key} in {bad}: {key} never takes "
-                            f"{'that value' if len(bad) == 1 else 'those values'}; its choices are "
-                            f"{list(self[key].choices)}"
-                        )
-        if problems:
-            raise ConfigError(problems)
-        extra: dict[str, _Bounds] = {}
-        self._extra = extra
-        for child in reversed(self.parameters):  # children before parents: extremes are final when read
-            rel = child.relation
-            if rel is None or child.depends_on not in self:
-                continue
-            dom = domain_of(child, capped(self.static_bounds(child)))
-            if dom is None:
-                continue  # reported below
-            parent = self[child.depends_on]
-            b = extra.setdefault(parent.name, _Bounds())
-            # child op parent must stay possible: parent must lie on the right side of the child's extreme
-            if rel.op == "<":
-                b.raise_low(dom.lowest(), True)
-            elif rel.op == "<=":
-                b.raise_low(dom.lowest(), False)
-            elif rel.op == ">":
-                b.lower_high(dom.highest(), True)
-            else:
-                b.lower_high(dom.highest(), False)
-        for p in self.parameters:
-            b = self.static_bounds(p)
-            if domain_of(p, capped(b)) is None:
-                why = ""
-                if p.name in extra:
-                    kids = [
-                        c.name for c in self.parameters if c.relation is not None and c.depends_on == p.name
-                    ]
-                    why = f" once narrowed so that {', '.join(kids)} keep a valid value"
-                problems.append(f"{p.name}: no valid value is left in {b.text()}{why} ({p.describe()})")
-            elif p.relation is not None and p.depends_on not in self and p.depends_on in self.fixed:
-                try:
-                    self.domain(p, {})
-                except ConfigError as e:
-                    problems.extend(e.problems)
-        if problems:
-            self._extra = None
-            raise ConfigError(problems)
-
-
-def _order(parameters: Iterable[Parameter]) -> list[Parameter]:
-    """Topological order over depends_on/when among searched parameters; parent_param ones first."""
-    params = list(parameters)
-    names = [p.name for p in params]
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise ConfigError(f"{', '.join(dup)}: listed twice in the search space")
-    index = {p.name: i for i, p in enumerate(params)}
-    deps = {
-        p.name: {k for k in ([p.depends_on] if p.depends_on else []) + list(p.when or {}) if k in index}
-        for p in params
-    }
-    done: list[Parameter] = []
-    placed: set[str] = set()
-    while len(done) < len(params):
-        ready = [p for p in params if p.name not in placed and deps[p.name] <= placed]
-        if not ready:
-            left = [n for n in names if n not in placed]
-            cycle = " -> ".join(left + [left[0]])
-            raise ConfigError(f"{left[0]}: circular dependency between searched parameters ({cycle})")
-        nxt = min(ready, key=lambda p: (not p.parent, index[p.name]))
-        done.append(nxt)
-        placed.add(nxt.name)
-    return done

@@ -1,4 +1,5 @@
-"""Rebuild a trained network from a checkpoint for evaluate, inference and export.
+"""The model an action names: a trained network rebuilt from a checkpoint, or an ONNX file / TensorRT engine
+(mae.deploy.runtime), for evaluate, inference and export.
 
 The checkpoint's own metadata (stage, arch, image size, classes, decoder) wins over the spec, since it is what
 the weights were trained as; where the spec says otherwise, a notice names the difference. Checkpoints from
@@ -8,15 +9,13 @@ elsewhere (official MAE `{'model': ...}` files, bare state dicts) are built from
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from mae.config import ExperimentConfig
 from mae.engine.checkpoints import checkpoint_meta, load_checkpoint_file, resolve_checkpoint
 from mae.errors import CheckpointError
+from mae.models.loaded import LoadedModel
 
 log = logging.getLogger("mae")
 
@@ -28,17 +27,6 @@ def normalisation(loaded: LoadedModel, cfg: ExperimentConfig) -> tuple[list[floa
     mean = meta.get("mean") or aug.get("mean") or cfg.dataset.augmentation.mean
     std = meta.get("std") or aug.get("std") or cfg.dataset.augmentation.std
     return list(mean), list(std)
-
-
-@dataclass
-class LoadedModel:
-    network: torch.nn.Module
-    stage: str  # "pretrain" | "finetune"
-    arch: str
-    img_size: int
-    classes: list[str] | None
-    path: Path
-    meta: dict[str, Any]
 
 
 def _infer_stage(sd: dict[str, Any]) -> str:
@@ -112,17 +100,8 @@ def load_for_action(cfg: ExperimentConfig, section, action: str, *, stage: str |
     ckpt = section.checkpoint
     wants_onnx = bool(ckpt) and (str(ckpt).endswith(".onnx") or _folder_has_only_onnx(ckpt))
     if engine or wants_onnx:
-        try:
-            from mae.deploy import runtime
-        except ModuleNotFoundError as e:
-            if not (e.name or "").startswith("mae.deploy"):
-                raise
-            from mae.errors import NotBuiltError
+        from mae.deploy import runtime
 
-            raise NotBuiltError(
-                f"mae {action} with an ONNX file or TensorRT engine is not built yet "
-                "(issue 6 (ONNX/TensorRT export)); give a .ckpt checkpoint"
-            ) from None
         if engine:
             return runtime.load_engine_model(cfg, engine, key=f"{action}.trt_engine", stage=stage)
         return runtime.load_onnx_model(cfg, ckpt, key=f"{action}.checkpoint", stage=stage)

@@ -14,13 +14,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from automl._params import SearchSpace
+from automl.space import SearchSpace
 from mae.config import ExperimentConfig
 from mae.errors import ConfigError, did_you_mean
+from mae.metrics import HELD_OUT_METRICS, METRIC_MODES, STAGE_METRICS
 from mae.spec import get_path
 
-METRIC_MODES: dict[str, str] = {"train_loss": "min", "val_loss": "min", "ACC_all": "max", "knn_acc": "max"}
-HELD_OUT_METRICS = ("val_loss", "ACC_all", "knn_acc")
 ALLOW_FLAG = "--allow-objective-change"
 
 _MASKING = {
@@ -57,7 +56,7 @@ def guard_objective(
         if allow:
             notices.append(f"{p.name}: searched although it {reason} (allowed by {ALLOW_FLAG})")
         elif p.explicit:
-            stage_metrics = ("val_loss", "knn_acc") if stage == "pretrain" else ("val_loss", "ACC_all")
+            stage_metrics = tuple(m for m in STAGE_METRICS[stage] if m in HELD_OUT_METRICS)
             fine = [m for m in stage_metrics if objective_change_reason(p.name, m, stage) is None]
             instead = (
                 f"optimize {' or '.join(f'--metric {m}' for m in fine)} (with a validation set), or "
