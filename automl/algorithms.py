@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from automl.options import SearchOptions, flag_of
 from automl.space import SearchSpace
 from automl.trial import trial_values
 from mae.errors import ConfigError, did_you_mean
@@ -256,3 +257,19 @@ def initial_population(
 
 
 # ------------------------------------------------------------------------------------ Ray and storage
+
+
+def option_notices(options: SearchOptions, algorithm: Algorithm) -> list[str]:
+    """One line for each option that the chosen algorithm would otherwise ignore in silence."""
+    out = []
+    sched = algorithm.scheduler
+    for name in ("grace_period", "reduction_factor"):
+        if options.explicit(name) and sched in ("fifo", "pbt"):
+            out.append(
+                f"{flag_of(name)} has no effect with the {sched} scheduler (it applies to asha and hyperband)"
+            )
+    if options.explicit("grace_period") and sched == "hyperband":
+        out.append("--grace-period has no effect with hyperband (its brackets set their own first rung)")
+    if options.explicit("perturbation_interval") and sched != "pbt":
+        out.append(f"--perturbation-interval has no effect with the {sched} scheduler (it applies to pbt)")
+    return out

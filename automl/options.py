@@ -19,9 +19,19 @@ from mae.errors import ConfigError
 GROUPS = ("search", "budget", "resources", "schedulers", "output")
 
 
-def _opt(default: Any, help: str, *, group: str, metavar: str | None = None, flag: str | None = None, **kw):
-    """A field with its CLI metadata. `flag` overrides the flag's name (e.g. --no-deploy for deploy=False)."""
-    cli = {"group": group, "metavar": metavar, "flag": flag}
+def _opt(
+    default: Any,
+    help: str,
+    *,
+    group: str,
+    metavar: str | None = None,
+    flag: str | None = None,
+    nargs: str | None = None,
+    **kw,
+):
+    """A field with its CLI metadata. `flag` overrides the flag's name (e.g. --no-deploy for deploy=False);
+    a tuple field is a repeatable flag, or one flag taking several values with nargs="+"."""
+    cli = {"group": group, "metavar": metavar, "flag": flag, "nargs": nargs}
     return Field(default, description=help, json_schema_extra={"cli": cli}, **kw)
 
 
@@ -62,6 +72,13 @@ class SearchOptions(BaseModel):
         group="search",
     )
     seed: int | None = _opt(None, "seed of the searcher (default: the spec's train.seed)", group="search")
+    warm_start: tuple[str, ...] = _opt(
+        (),
+        "start a new search from the finished trials of earlier experiments (their results folders)",
+        group="search",
+        metavar="DIR",
+        nargs="+",
+    )
     max_trials: int = _opt(10, "trials to run (default: 10)", group="budget", metavar="N", ge=1)
     time_budget: float | None = _opt(
         None, "wall-clock limit of the search", group="budget", metavar="SECONDS", gt=0
@@ -268,6 +285,8 @@ def add_options_to_parser(parser: argparse.ArgumentParser) -> None:
         if style == "flag":
             kw["action"] = "store_false" if field.default is True else "store_true"
             kw.pop("metavar", None)
+        elif style == "append" and cli.get("nargs"):
+            kw.update(action="extend", nargs=cli["nargs"], type=kind)
         elif style == "append":
             kw.update(action="append", type=kind)
         elif style == "choice":

@@ -183,6 +183,10 @@ class Domain:
     def suggest(self, trial: Any, name: str) -> Any:
         raise NotImplementedError
 
+    def latent(self, value: Any) -> Any:
+        """What `suggest` asks Optuna for when it yields `value` (to replay a known configuration)."""
+        raise NotImplementedError
+
     def contains(self, value: Any) -> bool:
         raise NotImplementedError
 
@@ -215,6 +219,9 @@ class _FloatRange(Domain):
     def suggest(self, trial, name):
         return float(trial.suggest_float(name, self.lo, self.hi, log=self.log))
 
+    def latent(self, value):
+        return float(value)
+
     def contains(self, value):
         return is_number(value) and self.lo <= value <= self.hi
 
@@ -241,6 +248,9 @@ class _IntRange(Domain):
 
     def suggest(self, trial, name):
         return int(trial.suggest_int(name, self.lo, self.hi, step=self.step, log=self.log))
+
+    def latent(self, value):
+        return int(value)
 
     def contains(self, value):
         return (
@@ -278,6 +288,9 @@ class _Powers(Domain):
     def suggest(self, trial, name):
         return self._value(trial.suggest_int(name, self.e_lo, self.e_hi))
 
+    def latent(self, value):
+        return next(e for e in range(self.e_lo, self.e_hi + 1) if self._value(e) == value)
+
     def contains(self, value):
         return is_number(value) and any(value == v for v in self.values())
 
@@ -304,6 +317,9 @@ class _FloatMultiples(Domain):
 
     def suggest(self, trial, name):
         return self._value(trial.suggest_int(name, self.n_lo, self.n_hi))
+
+    def latent(self, value):
+        return int(round(Decimal(repr(float(value))) / self.step))
 
     def contains(self, value):
         if not is_number(value):
@@ -344,6 +360,15 @@ class _Choices(Domain):
         if self.probs is None and not self.numeric:
             return trial.suggest_categorical(name, list(self.values))
         return self.pick(trial.suggest_float(name, 0.0, 1.0))
+
+    def latent(self, value):
+        """The value itself for a plain categorical; else the middle of its stretch of the inverse CDF."""
+        if self.probs is None and not self.numeric:
+            return value
+        i = next(i for i, v in enumerate(self.values) if v == value)
+        cdf = self._cdf()
+        lo = cdf[i - 1] if i else 0.0
+        return float((lo + cdf[i]) / 2 / cdf[-1])
 
     def contains(self, value):
         if self.numeric:

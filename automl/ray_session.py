@@ -159,3 +159,18 @@ def round_exists(storage_path: str, fs: Any, name: str) -> bool:
     with contextlib.suppress(Exception):
         return Tuner.can_restore(path, storage_filesystem=fs) if fs is not None else Tuner.can_restore(path)
     return False
+
+
+def check_devices(options: SearchOptions, session: RaySession) -> None:
+    """GPU options that cannot work on this cluster: one line each, before anything starts."""
+    if options.gpu_hours is not None and session.gpus == 0:
+        raise ConfigError(
+            f"--gpu-hours {options.gpu_hours:g}: this Ray cluster has no GPU, so no GPU-hours would ever be "
+            "spent; limit the search by wall-clock time with --time-budget SECONDS instead"
+            + (" (if your cluster autoscales GPU nodes, start one first)" if options.address else "")
+        )
+    if options.gpus_per_trial and session.gpus == 0 and not options.address:
+        raise ConfigError(
+            f"--gpus-per-trial {options.gpus_per_trial:g}: this machine has no GPU for Ray; drop the flag "
+            "(trials then train on the CPU)"
+        )

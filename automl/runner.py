@@ -30,7 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from automl.algorithms import Algorithm, initial_population, make_sampler, make_scheduler, resolve_algorithm
+from automl.algorithms import (
+    Algorithm,
+    initial_population,
+    make_sampler,
+    make_scheduler,
+    option_notices,
+    resolve_algorithm,
+)
 from automl.experiment import (
     STATE_VERSION,
     ExperimentLayout,
@@ -42,10 +49,11 @@ from automl.experiment import (
     write_json,
 )
 from automl.ledger import Ledger, best_trial, make_ledger_callback, make_stopper
-from automl.options import SearchOptions, flag_of
+from automl.options import SearchOptions
 from automl.plan import ResolvedSpec, SearchPlan, absolute_overrides, max_epochs, preflight_data
 from automl.ray_session import (
     RaySession,
+    check_devices,
     filesystem_for,
     local_ray_pids,
     round_exists,
@@ -55,6 +63,7 @@ from automl.ray_session import (
 )
 from automl.report import build_summary, format_summary
 from automl.trial import TrialContext, train_trial
+from automl.warm_start import WarmStart, read_warm_start, seed_study
 from mae.errors import ConfigError
 
 log = logging.getLogger("automl")
@@ -131,6 +140,7 @@ class Search:
     workers: int  # devices per trial (num_gpus x num_nodes)
     max_epochs: int
     fingerprint: str
+    warm: WarmStart | None = None  # earlier experiments' trials for a new study (--warm-start)
 
 
 def _prepare(spec, overrides: list[str], options: SearchOptions, decision) -> Search:
@@ -162,7 +172,17 @@ def _prepare(spec, overrides: list[str], options: SearchOptions, decision) -> Se
     t = plan.config.train
     workers = t.num_gpus * t.num_nodes
     space_text = Path(options.search_space).read_text() if options.search_space else None
+    warm = None
+    if options.warm_start:
+        if algorithm.searcher == "pbt":
+            raise ConfigError(
+                "--warm-start feeds an Optuna searcher; PBT has none (use --algorithm tpe, gp, ...)"
+            )
+        warm = read_warm_start(
+            options.warm_start, plan.space, stage=plan.stage, metric=plan.metric, mode=plan.mode
+        )
     return Search(
+        warm=warm,
         plan=plan,
         algorithm=algorithm,
         options=options,
@@ -189,22 +209,6 @@ def _prepare(spec, overrides: list[str], options: SearchOptions, decision) -> Se
             }
         ),
     )
-
-
-def option_notices(options: SearchOptions, algorithm: Algorithm) -> list[str]:
-    """One line for each option that the chosen algorithm would otherwise ignore in silence."""
-    out = []
-    sched = algorithm.scheduler
-    for name in ("grace_period", "reduction_factor"):
-        if options.explicit(name) and sched in ("fifo", "pbt"):
-            out.append(
-                f"{flag_of(name)} has no effect with the {sched} scheduler (it applies to asha and hyperband)"
-            )
-    if options.explicit("grace_period") and sched == "hyperband":
-        out.append("--grace-period has no effect with hyperband (its brackets set their own first rung)")
-    if options.explicit("perturbation_interval") and sched != "pbt":
-        out.append(f"--perturbation-interval has no effect with the {sched} scheduler (it applies to pbt)")
-    return out
 
 
 def _existing_experiment(search: Search) -> dict[str, Any] | None:
@@ -266,20 +270,6 @@ def _parent_run_params(search: Search) -> dict[str, Any]:
     }
 
 
-def _check_devices(options: SearchOptions, session: RaySession) -> None:
-    if options.gpu_hours is not None and session.gpus == 0:
-        raise ConfigError(
-            f"--gpu-hours {options.gpu_hours:g}: this Ray cluster has no GPU, so no GPU-hours would ever be "
-            "spent; limit the search by wall-clock time with --time-budget SECONDS instead"
-            + (" (if your cluster autoscales GPU nodes, start one first)" if options.address else "")
-        )
-    if options.gpus_per_trial and session.gpus == 0 and not options.address:
-        raise ConfigError(
-            f"--gpus-per-trial {options.gpus_per_trial:g}: this machine has no GPU for Ray; drop the flag "
-            "(trials then train on the CPU)"
-        )
-
-
 def _open_rounds(exp: dict[str, Any], options: SearchOptions) -> list[dict[str, Any]]:
     """The rounds to run now: the unfinished ones (resume), or a new one (a new search or --extend)."""
     rounds = exp["rounds"]
@@ -310,7 +300,7 @@ def _run_search(search: Search, exp: dict[str, Any] | None) -> None:
     session = start_ray(options, options.max_concurrent or 10_000)
     interrupted = False
     try:
-        _check_devices(options, session)
+        check_devices(options, session)
         use_gpu = session.gpus > 0 or (options.gpus_per_trial or 0) > 0
         gpus_per_trial = (options.gpus_per_trial or 1.0) if use_gpu else 0.0
         gpus_held = gpus_per_trial if search.workers == 1 else (search.workers * 1.0 if use_gpu else 0.0)
@@ -322,6 +312,12 @@ def _run_search(search: Search, exp: dict[str, Any] | None) -> None:
         )
         if exp is None:
             exp = _new_experiment(search, storage_uri)
+            if search.warm is not None:
+                seed_study(files.journal, plan.mode, search.warm.trials)
+                print(f"automl: {search.warm.notice()}")
+                exp["warm_start"] = {"from": list(options.warm_start), "trials": len(search.warm.trials)}
+        elif options.warm_start:
+            print("automl: --warm-start applies to a new experiment; this one already has its own trials")
             tracker.start_parent(
                 params=_parent_run_params(search),
                 tags={

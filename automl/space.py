@@ -262,3 +262,52 @@ def _order(parameters: Iterable[Parameter]) -> list[Parameter]:
         done.append(nxt)
         placed.add(nxt.name)
     return done
+
+
+class _Recorder:
+    """Stands in for an Optuna trial while a domain replays a known value: answers with the latent value and
+    records the distribution the domain asked for."""
+
+    def __init__(self, latent: Any):
+        self.latent, self.distribution = latent, None
+
+    def suggest_float(self, name, low, high, *, log=False, step=None):
+        from optuna.distributions import FloatDistribution
+
+        self.distribution = FloatDistribution(low, high, log=log, step=step)
+        return self.latent
+
+    def suggest_int(self, name, low, high, *, step=1, log=False):
+        from optuna.distributions import IntDistribution
+
+        self.distribution = IntDistribution(low, high, log=log, step=step)
+        return self.latent
+
+    def suggest_categorical(self, name, choices):
+        from optuna.distributions import CategoricalDistribution
+
+        self.distribution = CategoricalDistribution(choices)
+        return self.latent
+
+
+def optuna_params(space: SearchSpace, values: Mapping[str, Any]) -> tuple[dict, dict] | None:
+    """(params, distributions) as `automl.plan.define_by_run` would have suggested `values` in an Optuna trial,
+    so that a known configuration can be added to a study; None when a value is missing or outside the space."""
+    params: dict[str, Any] = {}
+    dists: dict[str, Any] = {}
+    seen: dict[str, Any] = {}
+    for p in space.parameters:
+        if not space.active(p, seen):
+            continue
+        if p.name not in values:
+            return None
+        v = values[p.name]
+        dom = space.domain(p, seen)
+        if not dom.contains(v):
+            return None
+        rec = _Recorder(dom.latent(v))
+        if dom.suggest(rec, p.name) != v:
+            return None  # a value the domain cannot give back exactly
+        params[p.name], dists[p.name] = rec.latent, rec.distribution
+        seen[p.name] = v
+    return params, dists

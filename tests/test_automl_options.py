@@ -6,10 +6,9 @@ import argparse
 
 import pytest
 
-from automl.algorithms import resolve_algorithm
+from automl.algorithms import option_notices, resolve_algorithm
 from automl.cli import build_parser
 from automl.options import SearchOptions, flag_of, options_from_args
-from automl.runner import option_notices
 from mae.errors import ConfigError
 
 
