@@ -55,6 +55,31 @@ class SearchOptions(BaseModel):
         None, "metric to optimize (default: the stage's, see docs)", group="search", metavar="NAME"
     )
     mode: Literal["min", "max"] | None = _opt(None, "with --metric: minimize or maximize", group="search")
+    objectives: tuple[str, ...] = _opt(
+        (),
+        "METRIC:MODE to optimize (repeatable; two or more make the search multi-objective, e.g. "
+        "--objective ACC_all:max --objective latency_ms:min); one is the same as --metric/--mode",
+        group="search",
+        metavar="METRIC:MODE",
+        flag="--objective",
+    )
+    constraints: tuple[str, ...] = _opt(
+        (),
+        "'METRIC<=VALUE' or 'METRIC>=VALUE' a trial must meet (repeatable); deploy metrics are checked before "
+        "a trial trains, and a configuration that cannot meet them is never trained",
+        group="search",
+        metavar="CONSTRAINT",
+        flag="--constraint",
+    )
+    pick: str | None = _opt(
+        None,
+        "the objective whose best feasible trial becomes best/ (default: the first objective)",
+        group="search",
+        metavar="METRIC",
+    )
+    latency_batch: int = _opt(
+        1, "batch size of the measured latency_ms (default 1)", group="search", metavar="N", ge=1
+    )
     params: tuple[str, ...] = _opt(
         (),
         "search NAME in DIST, e.g. train.optim.lr='loguniform(1e-5,1e-3)'; NAME=off stops searching it "
@@ -174,6 +199,10 @@ class SearchOptions(BaseModel):
             raise ValueError(f"--gpus-per-trial {g:g}: a fraction below 1 or a whole number")
         if self.mode and not self.metric:
             raise ValueError("--mode needs --metric (the default metric comes with its own mode)")
+        if self.objectives and (self.metric or self.mode):
+            raise ValueError("--objective and --metric/--mode say the same thing; use one of them")
+        if self.pick and not self.objectives:
+            raise ValueError("--pick needs --objective (it chooses among the objectives)")
         return self
 
     def __init__(self, **data: Any):

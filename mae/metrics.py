@@ -37,11 +37,20 @@ SYSTEM_METRICS: tuple[str, ...] = (
     "peak_memory_gb",  # CUDA only
     "peak_host_memory_gb",
 )
+# Deploy metrics of the exported model (mae.deploy.profile measures them): they depend on the architecture and
+# the input shape, not on the weights, and can be objectives or constraints of a search.
+DEPLOY_METRIC_MODES: dict[str, str] = {
+    "latency_ms": "min",  # median onnxruntime CPU (or TensorRT) latency at --latency-batch
+    "throughput_ips": "max",  # images/s at a larger batch
+    "params_m": "min",  # millions of parameters the exported forward uses
+    "gflops": "min",  # 10^9 flops of one image, a multiply-add counting 2
+    "onnx_mb": "min",  # size of the ONNX file, 10^6 bytes
+}
 # Everything a trial reports per epoch that the AutoML ledger and MLflow keep.
-EPOCH_KEYS: tuple[str, ...] = (*METRIC_MODES, *SYSTEM_METRICS)
+EPOCH_KEYS: tuple[str, ...] = (*METRIC_MODES, *SYSTEM_METRICS, *DEPLOY_METRIC_MODES)
 MAXIMIZED = frozenset(k for k, mode in METRIC_MODES.items() if mode == "max")
 
 
 def mode_of(metric: str) -> str | None:
-    """'min' or 'max' for a metric this product reports; None for one it does not know."""
-    return METRIC_MODES.get(metric)
+    """'min' or 'max' for a metric this product reports (training or deploy); None for one it does not know."""
+    return METRIC_MODES.get(metric) or DEPLOY_METRIC_MODES.get(metric)
