@@ -143,7 +143,22 @@ def make_scheduler(
     space: SearchSpace | None = None,
     perturbation_interval: int | None = None,
     seed: int = 0,
+    goals=None,
+    state_path=None,
 ):
+    """The Tune scheduler. With several objectives (`goals.multi`) asha is MO-ASHA (automl.mo_asha): rungs
+    decided by Pareto rank and crowding distance, constraints first."""
+    if goals is not None and goals.multi and name == "asha":
+        from automl.mo_asha import MOASHAScheduler
+
+        return MOASHAScheduler(
+            goals.objectives,
+            constraints=goals.constraints,
+            max_t=max_epochs,
+            grace_period=max(1, min(grace_period, max_epochs)),
+            reduction_factor=reduction_factor,
+            state_path=state_path,
+        )
     from ray.tune.schedulers import (
         AsyncHyperBandScheduler,
         FIFOScheduler,
@@ -272,4 +287,43 @@ def option_notices(options: SearchOptions, algorithm: Algorithm) -> list[str]:
         out.append("--grace-period has no effect with hyperband (its brackets set their own first rung)")
     if options.explicit("perturbation_interval") and sched != "pbt":
         out.append(f"--perturbation-interval has no effect with the {sched} scheduler (it applies to pbt)")
+    return out
+
+
+MULTI_OBJECTIVE_SEARCHERS = ("tpe", "random")
+MULTI_OBJECTIVE_SCHEDULERS = ("asha", "fifo")
+
+
+def check_multi_objective(algorithm: Algorithm, goals) -> None:
+    """Searchers and schedulers that cannot take several objectives, refused in one line each."""
+    if not goals.multi:
+        return
+    problems = []
+    if algorithm.searcher not in MULTI_OBJECTIVE_SEARCHERS:
+        problems.append(
+            f"--algorithm {algorithm.requested}: a multi-objective search uses tpe (MOTPE) or random; "
+            f"{algorithm.searcher} takes one objective"
+        )
+    if algorithm.scheduler not in MULTI_OBJECTIVE_SCHEDULERS:
+        problems.append(
+            f"--scheduler {algorithm.scheduler}: a multi-objective search stops trials with MO-ASHA (asha) or "
+            "not at all (fifo); it takes one metric"
+        )
+    if problems:
+        raise ConfigError(problems)
+
+
+def plan_notices(options: SearchOptions, algorithm: Algorithm, workers: int, max_epochs: int) -> list[str]:
+    """Options the planned search adjusts or cannot apply, one line each (said, not silently changed)."""
+    out = []
+    if options.explicit("gpus_per_trial") and workers > 1:
+        out.append(
+            f"--gpus-per-trial {options.gpus_per_trial:g} applies to single-device trials; each of this spec's "
+            f"{workers} workers per trial (train.num_gpus x num_nodes) takes one whole GPU"
+        )
+    if algorithm.scheduler == "asha" and options.grace_period > max_epochs:
+        out.append(
+            f"--grace-period {options.grace_period} is more than the {max_epochs} epochs a trial trains; "
+            f"using {max_epochs} (no trial is stopped early)"
+        )
     return out

@@ -23,6 +23,8 @@ from typing import Any
 
 from automl.trial import CHECKPOINT_FILE, TrialContext, build_trial_spec, trial_values
 from mae.errors import MAEError, MissingDependencyError
+from mae.fileio import atomic_write_json, atomic_write_text
+from mae.layout import BEST_CKPT, TrainLayout
 
 log = logging.getLogger("automl")
 
@@ -63,13 +65,19 @@ def fetch_checkpoint(
 
 
 def deploy_best(
-    files, best: Mapping[str, Any], ctx: TrialContext, *, storage_filesystem: Any = None
+    files,
+    best: Mapping[str, Any],
+    ctx: TrialContext,
+    *,
+    storage_filesystem: Any = None,
+    out_dir: Path | None = None,
+    quiet: bool = False,
 ) -> dict[str, Any]:
-    """Write best/ for the best trial record (from the experiment's state.json); returns what was written and
-    what was skipped (each skipped step with its reason)."""
+    """Write best/ (or `out_dir`, e.g. best/pareto/<trial_id>/) for a trial record of the experiment's
+    state.json; returns what was written and what was skipped (each skipped step with its reason)."""
     from mae.spec import dump_spec
 
-    out_dir: Path = files.best
+    out_dir = Path(out_dir) if out_dir is not None else files.best
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     trial_id = best["trial_id"]
@@ -83,12 +91,15 @@ def deploy_best(
 
     ckpt = fetch_checkpoint(
         b.get("checkpoint"),
-        out_dir / "best.ckpt",
+        out_dir / BEST_CKPT,
         filesystem=storage_filesystem,
-        fallback=files.trial_dir(trial_id) / "checkpoints" / "best.ckpt",
+        fallback=TrainLayout(files.trial_dir(trial_id)).best,
     )
     result["checkpoint"] = str(ckpt)
-    print(f"automl: best trial {trial_id}, epoch {b.get('epoch')}: {ctx.metric}={b['value']:.6g} -> {ckpt}")
+    if not quiet:
+        print(
+            f"automl: best trial {trial_id}, epoch {b.get('epoch')}: {ctx.metric}={b['value']:.6g} -> {ckpt}"
+        )
 
     values = trial_values(ctx.space, best.get("config") or {}, rng=0)
     cfg = build_trial_spec(ctx, values, trial_id)
@@ -96,10 +107,11 @@ def deploy_best(
     cfg.train.results_dir = None
     cfg.export.checkpoint = str(ckpt)
     spec_path = out_dir / "spec.yaml"
-    spec_path.write_text(
+    atomic_write_text(
+        spec_path,
         f"# The best trial ({trial_id}) of the AutoML experiment in {files.root}:\n"
         f"# {ctx.metric}={b['value']:.6g} at epoch {b.get('epoch')}. Retrain with `mae train -e {spec_path}`.\n"
-        + dump_spec(cfg)
+        + dump_spec(cfg),
     )
     result["spec"] = str(spec_path)
 
@@ -155,7 +167,7 @@ def _write_best_json(
         "config": best.get("config"),
         "tune_checkpoint": (best.get("best") or {}).get("checkpoint"),
     }
-    (out_dir / "best.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+    atomic_write_json(out_dir / "best.json", data)
 
 
 def read_best(files) -> dict[str, Any] | None:

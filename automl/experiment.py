@@ -21,7 +21,7 @@ from mae.fileio import atomic_write_json
 from mae.layout import ExperimentLayout
 
 STATE_VERSION = 1
-FINAL_STATUSES = ("completed", "stopped", "failed")
+FINAL_STATUSES = ("completed", "stopped", "failed", "infeasible")
 
 __all__ = [
     "FINAL_STATUSES",

@@ -10,9 +10,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from automl.experiment import FINAL_STATUSES, STATE_VERSION, finite, now, write_json
+from automl.multi_objective import INFEASIBLE, INFEASIBLE_REASON
 from automl.trial import error_text, failure_of
 from mae.layout import ExperimentLayout
-from mae.metrics import EPOCH_KEYS
+from mae.metrics import DEPLOY_METRIC_MODES, EPOCH_KEYS
 
 log = logging.getLogger("automl")
 
@@ -146,6 +147,11 @@ class Ledger:
             if result["node_id"] not in nodes:
                 nodes.append(result["node_id"])
         rec["status"] = "running"
+        if result.get(INFEASIBLE):  # refused before training (a deploy constraint): never trained
+            rec["infeasible"] = str(result.get(INFEASIBLE_REASON) or "violates a constraint before training")
+            rec["epochs"] = 0
+            rec["history"] = {}
+            rec["deploy"] = {k: v for k, v in entry.items() if k in DEPLOY_METRIC_MODES}
         if finite(keep.get(self.metric)) is not None:
             self.state["consecutive_failures"] = 0
         self._dirty = True
@@ -176,10 +182,13 @@ class Ledger:
             kind, reason = failure_of(error_text(trial))
             rec["status"] = "failed"
             rec["failure"] = {"kind": kind, "reason": reason}
+        elif rec.get("infeasible"):
+            rec["status"] = "infeasible"
+            rec["failure"] = None
         else:
             rec["status"] = "completed" if rec["epochs"] >= self.max_epochs else "stopped"
             rec["failure"] = None
-        if rec["best"] is None:
+        if rec["best"] is None and rec["status"] != "infeasible":
             self.state["consecutive_failures"] += 1
             n = self.state["consecutive_failures"]
             if self.max_consecutive_failures and n >= self.max_consecutive_failures:

@@ -133,6 +133,8 @@ class MOASHAScheduler(FIFOScheduler):
         self._load_once()
         if self._time_attr not in result:
             return TrialScheduler.CONTINUE
+        if result.get("infeasible"):  # refused before training: it reports its deploy metrics once and ends
+            return TrialScheduler.STOP
         t = result[self._time_attr]
         try:
             vector, violation = self._measure(trial.trial_id, result)
@@ -154,7 +156,12 @@ class MOASHAScheduler(FIFOScheduler):
         # Record the last result at its rung, as Ray's ASHA does; a trial that ends without its metrics (it
         # failed, or returned before reporting) has nothing to record.
         self._load_once()
-        if not result or self._time_attr not in result or not self._has_metrics(result):
+        if (
+            not result
+            or self._time_attr not in result
+            or not self._has_metrics(result)
+            or result.get("infeasible")
+        ):
             return
         vector, violation = self._measure(trial.trial_id, result)
         self._on_result(trial.trial_id, result[self._time_attr], vector, violation, record_only=True)

@@ -71,6 +71,14 @@ class SearchOptions(BaseModel):
         metavar="CONSTRAINT",
         flag="--constraint",
     )
+    objective_weights: tuple[float, ...] = _opt(
+        (),
+        "scalarise the objectives as TAO's AutoML does: optimise sum(w_i * v_i), each v_i signed so that higher "
+        "is better (one weight per --objective); the Pareto front is still reported",
+        group="search",
+        metavar="W",
+        nargs="+",
+    )
     pick: str | None = _opt(
         None,
         "the objective whose best feasible trial becomes best/ (default: the first objective)",
@@ -201,6 +209,11 @@ class SearchOptions(BaseModel):
             raise ValueError("--mode needs --metric (the default metric comes with its own mode)")
         if self.objectives and (self.metric or self.mode):
             raise ValueError("--objective and --metric/--mode say the same thing; use one of them")
+        if self.objective_weights and len(self.objective_weights) != len(self.objectives):
+            raise ValueError(
+                f"--objective-weights: {len(self.objective_weights)} weights for {len(self.objectives)} objectives; "
+                "give one per --objective"
+            )
         if self.pick and not self.objectives:
             raise ValueError("--pick needs --objective (it chooses among the objectives)")
         return self
@@ -283,6 +296,8 @@ def _kind(annotation: Any) -> tuple[str, Any]:
     text = str(annotation)
     if annotation is bool:
         return "flag", None
+    if "tuple[float" in text:
+        return "append", _number(float)
     if "tuple" in text:
         return "append", str
     if "Literal" in text:

@@ -19,23 +19,26 @@ import copy
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from automl.multi_objective import WEIGHTED, Goals, deploy_parameters
 from automl.objective import (
     guard_objective,
     resolve_objective,
 )
 from automl.parameters import fmt
+from automl.pareto import Objective
 from automl.schema import TRAIN_SCHEMA
 from automl.space import SearchSpace
 from automl.space_file import build_space, parse_param, space_file_for_stage
 from mae.config import ExperimentConfig
 from mae.errors import ConfigError
+from mae.metrics import METRIC_MODES
 from mae.spec import build_raw, check_action, flatten, get_path, parse_override, set_path, validate
 
 __all__ = [
@@ -173,6 +176,7 @@ class SearchPlan:
     space_file: Path | None
     config: ExperimentConfig  # the user's spec as loaded (with overrides)
     spec: ResolvedSpec  # the same, unvalidated, from which each trial's spec is built
+    goals: Goals  # the objectives (the first is metric/mode) and constraints
     pinned: dict[str, Any] = field(default_factory=dict)  # searched keys the user pinned -> value
     notices: list[str] = field(default_factory=list)
 
@@ -189,9 +193,16 @@ def plan_search(
     allow_objective_change: bool = False,
     skill_metric: str = "train_loss",
     check_samples: int = 16,
+    objectives: Sequence[str] = (),
+    constraints: Sequence[str] = (),
+    latency_batch: int = 1,
+    pick: str | None = None,
+    objective_weights: Sequence[float] = (),
 ) -> SearchPlan:
     """Load the user's spec, build its stage's search space, drop pinned parameters, guard the objective,
-    bind the spec's values and check that sampled trials give valid specs."""
+    bind the spec's values and check that sampled trials give valid specs. With `objectives` (METRIC:MODE,
+    the first one stands for `metric`/`mode`) and `constraints`, the plan's `goals` say what is optimised;
+    two or more objectives also search the architecture (automl.multi_objective.deploy_parameters)."""
     overrides = list(overrides)
     params = list(params)
     raw, missing = build_raw(spec, overrides)
@@ -220,9 +231,25 @@ def plan_search(
         notices.append(f"{key}: pinned by your override {key}={fmt(value)}; left out of the search")
     space = space.without(pinned)
 
-    metric, mode = resolve_objective(cfg, raw, metric, mode, skill_metric)
-    space, guard_notices = guard_objective(space, metric, stage, allow=allow_objective_change)
-    notices += guard_notices
+    if objectives:
+        first = Objective.parse(objectives[0])
+        metric, mode = first.metric, first.mode
+    else:
+        metric, mode = resolve_objective(cfg, raw, metric, mode, skill_metric)
+    goals = Goals.of(
+        objectives, constraints, metric=metric, mode=mode, latency_batch=latency_batch, pick=pick
+    )
+    for name in goals.training_metrics():  # each training metric must be one this spec reports
+        resolve_objective(cfg, raw, name, METRIC_MODES[name], skill_metric)
+        space, guard_notices = guard_objective(space, name, stage, allow=allow_objective_change)
+        notices += [n for n in guard_notices if n not in notices]
+    if goals.several:
+        extra = deploy_parameters(cfg, pinned_all)
+        space = SearchSpace((*space.parameters, *extra), origin=space.origin)
+        for p in extra:
+            notices.append(
+                f"{p.name}: searched in {list(p.choices)} (a multi-objective search trades it off)"
+            )
     if len(space) == 0:
         raise ConfigError(
             "nothing is left to search: every parameter was pinned or left out; see the notices"
@@ -249,8 +276,10 @@ def plan_search(
                 problems.setdefault(f"a sampled trial is not a valid spec: {line}", None)
     if problems:
         raise ConfigError(list(problems))
+    if goals.weights:  # TAO's scalarisation: the searcher and scheduler see one number
+        metric, mode = WEIGHTED, "max"
     resolved = ResolvedSpec(raw, pinned_all, tuple(missing))
-    return SearchPlan(space, metric, mode, stage, chosen, cfg, resolved, pinned, notices)
+    return SearchPlan(space, metric, mode, stage, chosen, cfg, resolved, goals, pinned, notices)
 
 
 # ------------------------------------------------------------------------------------- before Ray starts

@@ -114,6 +114,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         lines.append(
             f"automl: no trial reported {metric}; see the failures in {summary.get('experiment')}/summary.json"
         )
+    lines += pareto_lines(summary)
     d = summary.get("deploy") or {}
     if d.get("checkpoint"):
         lines.append(f"automl: best checkpoint {d['checkpoint']}")
@@ -128,6 +129,25 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     lines.append(f"automl: summary {summary.get('experiment')}/summary.json")
     lines.append(f"automl: compare the trials in MLflow: {summary.get('mlflow', {}).get('ui')}")
     return "\n".join(lines)
+
+
+def pareto_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The Pareto front (multi-objective or constrained searches) as a few lines."""
+    if "pareto" not in summary:
+        return []
+    goals = summary.get("goals") or {}
+    lines = [
+        f"automl: Pareto front of {', '.join(goals.get('objectives', []))}"
+        + (f" under {', '.join(goals['constraints'])}" if goals.get("constraints") else "")
+        + f": {len(summary['pareto'])} trials, hypervolume {summary.get('hypervolume', 0):.4g}"
+        + f" ({len(summary.get('infeasible') or {})} infeasible)"
+    ]
+    for entry in summary["pareto"]:
+        values = ", ".join(f"{k}={_fmt(v)}" for k, v in entry["values"].items())
+        mark = " (picked: best/)" if entry["trial_id"] == summary.get("picked") else ""
+        where = f" -> {entry['onnx_file']}" if entry.get("onnx_file") else ""
+        lines.append(f"automl:   {entry['trial_id']}: {values}{mark}{where}")
+    return lines
 
 
 def _fmt(v: Any) -> str:
@@ -179,6 +199,8 @@ def format_status(status: Mapping[str, Any]) -> str:
             f"best so far: {b['trial_id']} {metric}={b['value']:.6g} at epoch {b.get('epoch')} ({cfg})"
         )
     s = status.get("summary")
+    if s and status.get("finished"):
+        lines += [line.removeprefix("automl: ") for line in pareto_lines(s)]
     if s and status.get("finished") and (s.get("deploy") or {}).get("onnx_file"):
         lines.append(f"best model: {s['deploy']['onnx_file']}")
     return "\n".join(lines)

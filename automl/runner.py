@@ -32,10 +32,12 @@ from typing import Any
 
 from automl.algorithms import (
     Algorithm,
+    check_multi_objective,
     initial_population,
     make_sampler,
     make_scheduler,
     option_notices,
+    plan_notices,
     resolve_algorithm,
 )
 from automl.experiment import (
@@ -48,20 +50,20 @@ from automl.experiment import (
     now,
     write_json,
 )
-from automl.ledger import Ledger, best_trial, make_ledger_callback, make_stopper
+from automl.finish import finish
+from automl.ledger import Ledger, make_ledger_callback, make_stopper
+from automl.multi_objective import make_constrained_search, profile_shapes
 from automl.options import SearchOptions
 from automl.plan import ResolvedSpec, SearchPlan, absolute_overrides, max_epochs, preflight_data
 from automl.ray_session import (
     RaySession,
     check_devices,
-    filesystem_for,
     local_ray_pids,
     round_exists,
     start_ray,
     stop_orphans,
     storage_location,
 )
-from automl.report import build_summary, format_summary
 from automl.trial import TrialContext, train_trial
 from automl.warm_start import WarmStart, read_warm_start, seed_study
 from mae.errors import ConfigError
@@ -110,9 +112,9 @@ def run(
             f"automl: the experiment in {search.files.root} is finished ({count_trials(search.files)} trials); "
             "showing its results (add --extend N to search N more trials)"
         )
-        return _result(search.files, _finish(search, redeploy=False))
+        return _result(search.files, finish(search, redeploy=False))
     _run_search(search, exp)
-    return _result(search.files, _finish(search, redeploy=True))
+    return _result(search.files, finish(search, redeploy=True))
 
 
 def _train_directly(spec, overrides: list[str]) -> AutoMLResult:
@@ -161,9 +163,18 @@ def _prepare(spec, overrides: list[str], options: SearchOptions, decision) -> Se
         mode=options.mode,
         allow_objective_change=options.allow_objective_change,
         skill_metric=skill_metric,
+        objectives=options.objectives,
+        constraints=options.constraints,
+        latency_batch=options.latency_batch,
+        pick=options.pick,
+        objective_weights=options.objective_weights,
     )
+    check_multi_objective(algorithm, plan.goals)
     for notice in plan.notices:
         print(f"automl: {notice}")
+    t = plan.config.train
+    for line in plan_notices(options, algorithm, t.num_gpus * t.num_nodes, max_epochs(plan)):
+        print(f"automl: {line}")
     preflight_data(plan.config)
     results_dir = Path(os.path.expanduser(plan.config.results_dir)).resolve()
     # Trials run elsewhere (another working directory, another node): local paths become absolute.
@@ -206,6 +217,7 @@ def _prepare(spec, overrides: list[str], options: SearchOptions, decision) -> Se
                 "mode": plan.mode,
                 "seed": seed,
                 "workers": workers,
+                **({"goals": plan.goals.describe()} if plan.goals.several or plan.goals.constraints else {}),
             }
         ),
     )
@@ -297,6 +309,13 @@ def _run_search(search: Search, exp: dict[str, Any] | None) -> None:
         ended = stop_orphans(exp)
         if ended:
             print(f"automl: stopped {len(ended)} Ray processes left behind by the interrupted run")
+    deploy = {}
+    if (
+        plan.goals.constraints
+    ):  # a trial refused before training reports its deploy metrics, not the objective
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    if plan.goals.needs_deploy:  # before Ray and before any trial: nothing else on the CPU while timing
+        deploy = profile_shapes(plan.goals, plan, files.root / "deploy_profile.json")
     session = start_ray(options, options.max_concurrent or 10_000)
     interrupted = False
     try:
@@ -349,6 +368,8 @@ def _run_search(search: Search, exp: dict[str, Any] | None) -> None:
             storage_filesystem=storage_fs if search.workers > 1 else None,
             callbacks=tuple(options.trial_callbacks),
             done=finished_trials(files),
+            goals=plan.goals,
+            deploy=deploy,
         )
         for r in current:
             verb = "resuming" if round_exists(storage_path, storage_fs, r["name"]) else "starting"
@@ -493,14 +514,21 @@ def _search_algorithm(r: dict[str, Any], search: Search, session: RaySession) ->
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     files.root.mkdir(parents=True, exist_ok=True)
-    searcher = OptunaSearch(
+    goals = plan.goals
+    kwargs = dict(
         space=define_by_run(plan.space),
-        metric=plan.metric,
-        mode=plan.mode,
+        metric=goals.metrics if goals.multi else plan.metric,
+        mode=goals.modes if goals.multi else plan.mode,
         sampler=make_sampler(algorithm.searcher, round_seed % 10_000, n),
         storage=JournalStorage(JournalFileBackend(str(files.journal))),
         study_name="automl",
     )
+    if goals.several or goals.constraints:
+        searcher = make_constrained_search(
+            goals.constraints, goals.metrics if goals.multi else [plan.metric], **kwargs
+        )
+    else:
+        searcher = OptunaSearch(**kwargs)
     # HyperBand fills each bracket before it decides, and PBT time-shares its population: a concurrency
     # limiter would keep the trials those need from ever being created. Their concurrency comes from the
     # resources instead (the local `trial_slot` resource stands for --max-concurrent).
@@ -531,6 +559,8 @@ def _new_tuner(r, *, search: Search, session, storage, trainable, callbacks, sto
         space=plan.space,
         perturbation_interval=options.perturbation_interval,
         seed=search.seed,
+        goals=plan.goals,
+        state_path=search.files.root / f"mo_asha-{r['name']}.json",
     )
     search_alg, param_space = _search_algorithm(r, search, session)
     return tune.Tuner(
@@ -557,40 +587,3 @@ def _new_tuner(r, *, search: Search, session, storage, trainable, callbacks, sto
             ),
         ),
     )
-
-
-# ----------------------------------------------------------------------------------- after the search
-
-
-def _finish(search: Search, *, redeploy: bool) -> dict[str, Any]:
-    """summary.json, best/ (spec, checkpoint, ONNX, engine), plots and the MLflow parent's record; prints
-    the best trial."""
-    from automl.deploy import deploy_best
-    from automl.plots import write_plots
-    from automl.tracking import ExperimentTracker
-
-    files, plan = search.files, search.plan
-    exp = files.read("experiment") or {}
-    state = files.read("state") or {"trials": {}, "rounds": {}}
-    mode = exp.get("mode", plan.mode)
-    metric = exp.get("metric", plan.metric)
-    best = best_trial(state, mode)
-    old = files.read("summary")
-    deploy: dict[str, Any] | None = (old or {}).get("deploy") if not redeploy else None
-    if (
-        best is not None
-        and search.options.deploy
-        and (redeploy or deploy is None or (old or {}).get("best", {}).get("trial_id") != best["trial_id"])
-    ):
-        fs, _ = filesystem_for(exp.get("storage"))
-        ctx = TrialContext(
-            spec=search.spec, results_dir=str(files.results_dir), metric=metric, mode=mode, space=plan.space
-        )
-        deploy = deploy_best(files, best, ctx, storage_filesystem=fs)
-    plots = write_plots(files, state, plan.space, metric, mode)
-    summary = build_summary(files, exp, state, best, deploy, plots)
-    write_json(files.summary, summary)
-    tracker = ExperimentTracker(files.results_dir, plan.config.model_name, exp.get("mlflow_parent_run_id"))
-    tracker.finish_parent(summary, files, plots)
-    print(format_summary(summary))
-    return summary

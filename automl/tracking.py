@@ -153,6 +153,8 @@ class ExperimentTracker:
         if best:
             metrics[f"best_{metric}"] = best["value"]
         parent.log_metrics(metrics, step=0)
+        for step, entry in enumerate(summary.get("hypervolume_by_round") or []):  # multi-objective searches
+            parent.log_metrics({"hypervolume": entry["hypervolume"]}, step=step + 1)
         tags = {"status": "finished" if summary.get("finished") else "interrupted"}
         if best:
             tags.update(best_trial=best["trial_id"], best_checkpoint=str(best.get("checkpoint")))

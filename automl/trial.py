@@ -39,10 +39,12 @@ from typing import Any
 
 import numpy as np
 
+from automl.multi_objective import INFEASIBLE, INFEASIBLE_REASON, VIOLATION, WEIGHTED, Goals, shape_key
 from automl.parameters import is_number
 from automl.plan import ResolvedSpec, trial_results_dir, trial_spec
 from automl.space import SearchSpace
 from mae.config import ExperimentConfig
+from mae.fileio import atomic_write_json
 from mae.layout import TUNE_CHECKPOINT_FILE as CHECKPOINT_FILE
 from mae.layout import TUNE_EPOCH_FILE as EPOCH_FILE
 from mae.metrics import METRIC_MODES, MONITORS
@@ -50,6 +52,7 @@ from mae.metrics import METRIC_MODES, MONITORS
 log = logging.getLogger("automl")
 
 FAILURE_FILE = "failure.json"  # in a trial folder: a failure that a retry would only repeat
+INFEASIBLE_FILE = "infeasible.json"  # in a trial folder: refused before training (a deploy constraint)
 DETERMINISTIC_FAILURES = ("nan", "no-metric")
 FAILURE_KINDS = ("nan", "oom", "no-metric", "error")
 
@@ -121,6 +124,8 @@ class TrialContext:
         True  # set train.optim.monitor_name to the metric (the trial's best.ckpt is the best epoch)
     )
     callbacks: tuple[str, ...] = ()  # "module:factory" of extra Lightning callbacks, factory(cfg) -> Callback
+    goals: Goals | None = None  # objectives and constraints (None: the single `metric`)
+    deploy: Mapping[str, Mapping[str, float]] = field(default_factory=dict)  # shape_key -> deploy metrics
     done: Mapping[str, Any] = field(default_factory=dict)  # trials that finished before a crash: not rerun
 
 
@@ -191,7 +196,13 @@ class EpochReporter:
     temporary folder and hands it with the epoch's metrics to `report(metrics, checkpoint_dir)` (Tune's or
     Ray Train's). Epochs that do not log the metric (validation every N epochs) are not reported."""
 
-    def __init__(self, metric: str, report: Callable[[dict[str, float], str | None], None]):
+    def __init__(
+        self,
+        metric: str,
+        report: Callable[[dict[str, float], str | None], None],
+        static: Mapping[str, float] | None = None,
+        goals: Goals | None = None,
+    ):
         import pytorch_lightning as pl
 
         class _Callback(pl.Callback):
@@ -202,6 +213,8 @@ class EpochReporter:
         self.metric = metric
         self.report = report
         self.extra: dict[str, float] = {}  # from EpochRecorder's hook: time, images/s, peak memory
+        self.static = dict(static or {})  # the same every epoch: the trial's deploy metrics
+        self.goals = goals
         self.reported = 0
         self.seen: set[str] = set()
 
@@ -213,7 +226,11 @@ class EpochReporter:
 
         if trainer.sanity_checking:
             return
-        metrics = {**epoch_metrics(trainer), **self.extra}
+        metrics = {**epoch_metrics(trainer), **self.extra, **self.static}
+        if self.goals is not None and self.goals.weights:
+            score = self.goals.weighted(metrics)
+            if score is not None:
+                metrics[WEIGHTED] = score
         metrics["epoch"] = trainer.current_epoch
         metrics["step"] = trainer.global_step
         metrics["peak_host_memory_gb"] = _peak_host_memory_gb()
@@ -388,6 +405,14 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     cfg = build_trial_spec(ctx, values, trial_id)
     trial_dir = Path(cfg.train.results_dir)
     _check_failure(trial_dir)
+    deploy = dict(ctx.deploy.get(shape_key(cfg.model.arch, cfg.dataset.augmentation.input_size), {}))
+    if deploy and ctx.goals is not None:
+        violation, reason = ctx.goals.before_training(deploy)
+        if reason:  # feasibility first: never trained
+            trial_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(trial_dir / INFEASIBLE_FILE, {"reason": reason, "deploy": deploy})
+            _tune_report({**deploy, INFEASIBLE: 1.0, VIOLATION: violation, INFEASIBLE_REASON: reason}, None)
+            return
     checkpoint = tune.get_checkpoint()
     resume = _prepare_resume(trial_dir, checkpoint)
     if resume is not None:
@@ -395,19 +420,19 @@ def train_trial(config: dict[str, Any], ctx: TrialContext) -> None:
         _note_resume(trial_dir, resume, getattr(checkpoint, "path", None), trial_id)
     try:
         if ctx.workers > 1:
-            _fit_distributed(ctx, cfg, trial_id)
+            _fit_distributed(ctx, cfg, trial_id, deploy)
         else:
-            _fit_local(ctx, cfg)
+            _fit_local(ctx, cfg, deploy)
     except TrialFailure as e:
         if e.kind in DETERMINISTIC_FAILURES:
             _write_failure(trial_dir, e.kind, e.reason)
         raise
 
 
-def _fit_local(ctx: TrialContext, cfg: ExperimentConfig) -> None:
+def _fit_local(ctx: TrialContext, cfg: ExperimentConfig, deploy: Mapping[str, float]) -> None:
     from mae.engine.trainer import run_training
 
-    reporter = EpochReporter(ctx.metric, _tune_report)
+    reporter = EpochReporter(ctx.metric, _tune_report, static=deploy, goals=ctx.goals)
     try:
         run_training(
             cfg,
@@ -455,7 +480,9 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
         precision=PRECISION[precision],
         plugins=[RayLightningEnvironment()],
     )
-    reporter = EpochReporter(metric, _train_report)
+    reporter = EpochReporter(
+        metric, _train_report, static=loop_config.get("static"), goals=loop_config.get("goals")
+    )
     try:
         run_training(
             cfg,
@@ -496,7 +523,9 @@ class _ForwardReports:
         return Forward(queue)
 
 
-def _fit_distributed(ctx: TrialContext, cfg: ExperimentConfig, trial_id: str) -> None:
+def _fit_distributed(
+    ctx: TrialContext, cfg: ExperimentConfig, trial_id: str, deploy: Mapping[str, float]
+) -> None:
     """Train with a Ray Train TorchTrainer of `ctx.workers` workers; its reports become this trial's reports.
 
     fit() runs in a helper thread while this one forwards each report (metrics and checkpoint) to Tune. When a
@@ -518,6 +547,8 @@ def _fit_distributed(ctx: TrialContext, cfg: ExperimentConfig, trial_id: str) ->
             "metric": ctx.metric,
             "use_gpu": ctx.use_gpu,
             "callbacks": ctx.callbacks,
+            "static": dict(deploy),
+            "goals": ctx.goals,
         },
         torch_config=TorchConfig(backend="nccl" if ctx.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(

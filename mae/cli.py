@@ -99,7 +99,60 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         add_spec_arguments(p)
+    add_cache_parser(sub)
     return parser
+
+
+def add_cache_parser(sub: argparse._SubParsersAction) -> None:
+    """`mae cache list|clear`: the shared data cache (prepared archives and S3 sources)."""
+    p = sub.add_parser(
+        "cache",
+        help="list or clear the shared data cache (extracted archives, S3 downloads)",
+        description="mae cache: list or clear the shared data cache. Its folder is $MAE_CACHE_DIR (default "
+        "~/.cache/mae-automl); $MAE_CACHE_MAX_GB caps its size, evicting the least recently used entries "
+        "that no running process uses.",
+    )
+    p.add_argument(
+        "--cache-dir", metavar="DIR", help="the cache folder (default: $MAE_CACHE_DIR or ~/.cache)"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    what = p.add_subparsers(dest="cache_command", metavar="<command>", required=True)
+    what.add_parser("list", help="every entry: size, last use, whether a running process uses it, source")
+    clear = what.add_parser(
+        "clear", help="remove entries no running process uses (all, or those named)", description=None
+    )
+    clear.add_argument(
+        "names", nargs="*", metavar="NAME", help="entry names or sources as written (default: every entry)"
+    )
+
+
+def cache_command(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    from mae.data import cache as C
+    from mae.data.sources import default_cache_dir
+
+    folder = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    if args.cache_command == "list":
+        entries = C.list_entries(folder)
+        total = sum(e.bytes for e in entries)
+        cap = C.cap_bytes()
+        limit = f", cap {C.human(cap)} ({C.CAP_ENV})" if cap is not None else f", no cap (set {C.CAP_ENV})"
+        print(f"{folder}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {C.human(total)}{limit}")
+        for e in reversed(entries):  # most recently used first
+            used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
+            state = "in use" if e.in_use else ""
+            print(f"  {C.human(e.bytes):>9}  {used}  {state:6}  {e.name}  {e.source}")
+        return 0
+    removed, kept, unknown = C.clear(folder, args.names or None)
+    for name in unknown:
+        print(f"mae: warning: {name}: no such cache entry (see `mae cache list`)", file=sys.stderr)
+    print(
+        f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} ({C.human(sum(e.bytes for e in removed))})"
+        + (f"; kept {len(kept)} in use by running processes" if kept else "")
+    )
+    return 1 if unknown and not removed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(args, int):
         return args
     setup_logging(args.verbose)
+    if args.action == "cache":
+        return run_guarded("mae", lambda: cache_command(args))
 
     def go() -> int:
         from mae.spec import dump_spec, load_spec

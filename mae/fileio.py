@@ -125,5 +125,8 @@ def _unreadable_why(path: Path, e: BaseException) -> str:
         first = text.strip().splitlines()[0].split(". ")[0][:200] if text.strip() else type(e).__name__
         return f"it is damaged or truncated ({first})"
     if head[:1] == b"\x80":  # a pickle, but not one the safe loader reads
-        return "it is a pickle that the safe loader cannot read (not saved by torch.save, or damaged)"
+        return (
+            "it is a pickle that torch's safe loader (weights_only=True) refuses: not written by torch.save, or "
+            "holding objects other than tensors and plain data"
+        )
     return "it is not a PyTorch checkpoint (neither torch.save's zip format nor a pickle)"

@@ -30,6 +30,7 @@ BEST_CKPT = "best.ckpt"
 EPOCH_CKPT_PATTERN = "epoch-{epoch}"  # Lightning's ModelCheckpoint filename patterns
 STEP_CKPT_PATTERN = "step-{step}"
 AUTOML_DIR = "automl"
+TRIALS_DIR = "trials"
 TUNE_CHECKPOINT_FILE = "checkpoint.ckpt"  # inside each Ray Tune checkpoint folder
 TUNE_EPOCH_FILE = "epoch.json"  # the epoch's metrics, beside it
 
@@ -109,7 +110,7 @@ class ExperimentLayout:
 
     @property
     def trials(self) -> Path:
-        return self.root / "trials"
+        return self.root / TRIALS_DIR
 
     def trial_dir(self, trial_id: str) -> Path:
         return self.trials / trial_id

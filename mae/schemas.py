@@ -4,7 +4,8 @@
     python -m mae.schemas --check    # exit 1 when the committed files differ from what the code generates
 
 Per action `<action>.schema.json`: a self-contained JSON Schema (draft 2020-12, nested objects inlined) that
-validates a whole spec, with TAO's AutoML keywords on every leaf (`automl_enabled`, `option_weights`,
+validates a whole spec, with NVIDIA's root keys (`default`, the whole default spec; `popular`, keyed by action;
+`x_tao_schema`, the metadata) and TAO's AutoML keywords on every leaf (`automl_enabled`, `option_weights`,
 `math_cond`, `depends_on`, `parent_param`, `popular`) and our extensions `log_scale` and `automl_range`
 (see mae/config.py). Every object and the root carry `automl_default_parameters` and
 `automl_disabled_parameters` (dotted paths; containers are listed as disabled, as TAO does, since containers
@@ -26,9 +27,10 @@ import yaml
 
 from mae.config import ACTIONS, ExperimentConfig
 from mae.fileio import atomic_write_text
-from mae.spec import ACTION_REQUIRED, set_path
+from mae.resources import schema_dir
+from mae.spec import ACTION_IGNORES, ACTION_REQUIRED, ACTION_SECTIONS, set_path
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMA_DIR = schema_dir()  # the repository's schemas/ (from a wheel: the installed copy)
 MONITOR_METRIC = "train_loss"
 _SKIP_KEYS = {"title"}
 _TYPE_ORDER = ["boolean", "integer", "number", "string", "array", "object", "null"]
@@ -136,9 +138,27 @@ def build_schema(action: str) -> dict:
         "title": f"MAE {action} spec",
         "description": schema.get("description", ""),
         "x-action": action,
+        # NVIDIA's generated schemas carry these root keys; tools written for them read ours too
+        "x_tao_schema": {
+            "action": action,
+            "core_module": "mae.config",
+            "model": "mae",
+            "network_arch": "mae",
+            "schema_action": action,
+            "schema_version": "1.0",
+            "source": "mae-automl",
+        },
         "default": ExperimentConfig().model_dump(mode="json"),
+        "popular": {a: [k for k, leaf in leaves if leaf.get("popular") and _reads(a, k)] for a in ACTIONS},
         **{k: v for k, v in schema.items() if k not in ("description",)},
     }
+
+
+def _reads(action: str, key: str) -> bool:
+    """Whether `action` reads the dotted spec key (its sections, less what it ignores)."""
+    if key in ACTION_IGNORES.get(action, ()):
+        return False
+    return any(key == s or key.startswith(s + ".") for s in ACTION_SECTIONS[action])
 
 
 def build_template(action: str) -> dict:

@@ -22,8 +22,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from mae import tao_compat
 from mae.config import ACTIONS, ALIASES, SHORTHANDS, ExperimentConfig
 from mae.errors import ConfigError, did_you_mean
+from mae.metrics import HELD_OUT_METRICS
 
 MISSING = "???"
 _UNSET = object()
@@ -365,6 +367,14 @@ def build_raw(
     spec: str | os.PathLike | Mapping | None, overrides: Iterable[str] = ()
 ) -> tuple[dict, set[str]]:
     """Merge spec + overrides, resolve `${...}`, strip `???`. Returns (raw dict, dotted keys that were `???`)."""
+    data, missing, _ = _build(spec, overrides)
+    return data, missing
+
+
+def _build(
+    spec: str | os.PathLike | Mapping | None, overrides: Iterable[str]
+) -> tuple[dict, set[str], list[tao_compat.Notice]]:
+    """build_raw, plus the notices of TAO's empty names that took their defaults."""
     if spec is None:
         data: dict = {}
         origin = "the defaults"
@@ -386,7 +396,7 @@ def build_raw(
     missing = {k for k, v in flatten(data).items() if v == MISSING}
     for key in missing:
         _pop_path(data, key)
-    return data, missing
+    return data, missing, tao_compat.empty_names(data)
 
 
 def validate(data: Mapping) -> ExperimentConfig:
@@ -421,9 +431,20 @@ def check_action(
             for path in [value] if isinstance(value, str) else (value or []):
                 if path and "://" not in path and not os.path.exists(os.path.expanduser(path)):
                     errors.append(f"{key}={path!r}: no such file or folder")
+    aug = cfg.dataset.augmentation
+    mixing = [k for k in ("mixup", "cutmix") if getattr(aug, k) > 0] + (
+        ["cutmix_minmax"] if aug.cutmix_minmax else []
+    )
+    if action == "train" and cfg.train.stage == "finetune" and mixing and cfg.dataset.batch_size % 2:
+        # timm's Mixup pairs each image with its mirror in the batch: an odd batch would skip it silently
+        errors.append(
+            f"dataset.batch_size={cfg.dataset.batch_size} with dataset.augmentation.{mixing[0]}="
+            f"{getattr(aug, mixing[0])}: mixup/cutmix need an even batch size per device; use "
+            f"{cfg.dataset.batch_size + 1} or turn them off"
+        )
     if (
         action == "train"
-        and cfg.train.optim.monitor_name in ("val_loss", "ACC_all", "knn_acc")
+        and cfg.train.optim.monitor_name in HELD_OUT_METRICS
         and not cfg.dataset.val_data_sources
     ):
         errors.append(
@@ -441,11 +462,15 @@ def load_spec(
     *,
     check_paths: bool = True,
 ) -> ExperimentConfig:
-    """Load, override, interpolate and validate a spec; with `action`, also check what that action needs."""
-    data, missing = build_raw(spec, overrides)
+    """Load, override, interpolate and validate a spec; with `action`, also check what that action needs.
+    Settings TAO runs or ignores that behave differently than they read get one line each (mae.tao_compat)."""
+    data, missing, notices = _build(spec, overrides)
     cfg = validate(data)
     if action is not None:
         check_action(cfg, action, missing, check_paths=check_paths)
+    tao_compat.log_notices(
+        notices + tao_compat.spec_notices(cfg, action, lambda key: get_path(data, key, _UNSET) is not _UNSET)
+    )
     if cfg.encryption_key:
         log.warning(
             "encryption_key is accepted for TAO compatibility, but model files are written unencrypted"

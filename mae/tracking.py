@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mae.layout import MLFLOW_DB
+
 log = logging.getLogger("mae")
 
 MAX_PARAM_CHARS = 500  # MLflow's param value limit is larger on SQL stores; keep the UI readable
@@ -21,7 +23,7 @@ def tracking_uri(results_root: str | os.PathLike) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    return "sqlite:///" + str(Path(results_root).resolve() / "mlflow.db")
+    return "sqlite:///" + str(Path(results_root).resolve() / MLFLOW_DB)
 
 
 def get_experiment_id(client, name: str, results_root: str | os.PathLike) -> str:

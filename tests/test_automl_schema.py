@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from automl._params import Condition, parse_math_cond
+from automl.parameters import Condition, parse_math_cond
 from automl.schema import Refinement, load_search_space, read_schema
 from mae.config import ACTIONS
 from mae.errors import ConfigError

@@ -117,21 +117,6 @@ CASES = [
     ),
     pytest.param(
         None,
-        ["train.optim.warmup_epochs=5", "train.num_epochs=5"],
-        "train.optim.warmup_epochs=5 must be less than train.num_epochs=5",
-        id="warmup-vs-epochs",
-    ),
-    pytest.param(
-        None,
-        ["train.optim.milestones=[30,10]"],
-        "must be positive and strictly increasing",
-        id="milestones-order",
-    ),
-    pytest.param(
-        None, ["train.optim.milestones=[200]"], "milestone 200 is never reached", id="milestones-beyond"
-    ),
-    pytest.param(
-        None,
         ["dataset.augmentation.min_scale=0.9", "dataset.augmentation.max_scale=0.5"],
         "min_scale=0.9 must not exceed",
         id="scale-order",

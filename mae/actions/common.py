@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from mae.config import ExperimentConfig
+from mae.layout import STATUS_FILE
 
 log = logging.getLogger("mae")
 
@@ -61,7 +62,7 @@ def start_action(cfg: ExperimentConfig, action: str) -> ActionRun:
     loaded = load_for_action(cfg, section, action, stage=cfg.train.stage)
     out = Path(cfg.action_results_dir(action))
     out.mkdir(parents=True, exist_ok=True)
-    status = StatusLog(out / "status.json")
+    status = StatusLog(out / STATUS_FILE)
     status.write("STARTED", f"{action} with {loaded.path}.")
     return ActionRun(
         loaded,

@@ -17,6 +17,7 @@ import torch
 from mae import __version__
 from mae.config import ExperimentConfig
 from mae.errors import ConfigError
+from mae.layout import STATUS_FILE
 
 log = logging.getLogger("mae")
 
@@ -101,7 +102,7 @@ def run(cfg: ExperimentConfig, *, overwrite: bool | None = None) -> dict:
     ckpt = resolve_checkpoint(x.checkpoint, key="export.checkpoint")
     if Path(x.checkpoint).expanduser().is_dir():
         print(f"export.checkpoint: using {ckpt} (from results folder {x.checkpoint})")
-    status = StatusLog(out_dir / "status.json")
+    status = StatusLog(out_dir / STATUS_FILE)
     status.write("STARTED", f"Exporting {ckpt} to ONNX.")
     try:
         loaded = load_trained(cfg, str(ckpt), key="export.checkpoint")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mae.config import ExperimentConfig
 from mae.errors import ConfigError
+from mae.layout import STATUS_FILE
 
 log = logging.getLogger("mae")
 
@@ -53,7 +54,7 @@ def run(cfg: ExperimentConfig, *, overwrite: bool | None = None) -> dict:
     )
     meta = read_onnx_metadata(onnx_file, key="gen_trt_engine.onnx_file")
     settings = EngineSettings.from_config(g)
-    status = StatusLog(out_dir / "status.json")
+    status = StatusLog(out_dir / STATUS_FILE)
     status.write("STARTED", f"Building a TensorRT engine from {onnx_file}.")
     try:
         result = build_engine(trt, onnx_file, settings)

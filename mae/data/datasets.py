@@ -43,6 +43,7 @@ from typing import Any
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from mae.data.decode_count import count_decode
 from mae.data.sources import IMG_EXTENSIONS, display_name, is_image_name
 from mae.errors import DataError
 
@@ -118,6 +119,7 @@ def load_rgb(path: str | os.PathLike, min_side: int | None = None) -> Image.Imag
     `min_side`: the transform never needs more than this many pixels on the short side, so a JPEG that is at
     least twice as large is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (PIL `draft`), keeping the
     short side >= min_side. Several times faster for camera-sized photos; no effect on small images."""
+    count_decode(path)  # a no-op unless MAE_COUNT_DECODES is set (benchmarks)
     with Image.open(path) as img:
         if min_side and img.format == "JPEG" and min(img.size) >= 2 * min_side:
             img.draft("RGB", (min_side, min_side))
@@ -153,6 +155,9 @@ def _reason(e: BaseException, path: str | os.PathLike | None = None) -> str:
 
 class _ImageDataset(Dataset):
     """Files + targets + transform, with verification and skip accounting shared across workers."""
+
+    stored: Any = None  # a mae.data.store.StoreReader once use_store() has attached a decoded store
+    report_after_pass = True  # False: the training engine reports per epoch instead (mae.engine.callbacks)
 
     def __init__(
         self,
@@ -222,7 +227,7 @@ class _ImageDataset(Dataset):
                     return None
                 continue
             try:
-                img = load_rgb(self.files[j], getattr(self.transform, "decode_min_side", None))
+                img = self.load(j)
             except DECODE_ERRORS as e:
                 self._failed[j] = 1
                 log.debug("%s: cannot decode %s: %s", self.label, self.files[j], _reason(e, self.files[j]))
@@ -236,6 +241,12 @@ class _ImageDataset(Dataset):
             f"{self.label}: {min(n, MAX_SUBSTITUTES + 1)} images in a row could not be decoded (from "
             f"{display_name(self.files[idx % n])}); the data looks damaged"
         )
+
+    def load(self, j: int) -> Any:
+        """Image j: decoded from its file, or read from the decoded store once one is attached."""
+        if self.stored is not None:
+            return self.stored.read(j, self.transform)
+        return load_rgb(self.files[j], getattr(self.transform, "decode_min_side", None))
 
     def _item(self, j: int, img: Any) -> tuple[Any, Any]:
         return img, self.targets[j]
@@ -256,7 +267,7 @@ class _ImageDataset(Dataset):
     def report_skipped(self) -> int:
         """Log one line when more images failed to decode since the last report; returns the count."""
         count = bytes(self._failed).count(1)
-        if count > self._reported:
+        if count > self._reported and self.report_after_pass:
             example = display_name(self.failed_files[0])
             action = "replaced by the next readable image" if self.on_error == "substitute" else "left out"
             log.warning(

@@ -18,6 +18,12 @@ line of defence.
 
 The caller extracts into a fresh private folder and deletes it on failure, so a refused archive leaves
 nothing behind, inside the target or outside it.
+
+Size: before anything is written, one pass over the members' headers sums the sizes of the files the archive
+would write; an archive that would expand past the limit is refused in one line (a "zip bomb" writes
+nothing). The limit is `MAE_MAX_EXTRACT_GB` (GB = 10^9 bytes) when set, else the target file system's free
+space less a margin (5% of its size, at most 1 GiB), so an extraction never fills the disk. For a compressed
+archive that pass decompresses it once more; an uncompressed .tar is only seeked through.
 """
 
 from __future__ import annotations
@@ -29,10 +35,14 @@ import stat
 import tarfile
 import zlib
 
-from mae.errors import DataError
+from mae.errors import ConfigError, DataError
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 _COPY_BYTES = 1 << 20
+MAX_EXTRACT_ENV = "MAE_MAX_EXTRACT_GB"
+_MARGIN_BYTES = 1 << 30  # free space an extraction leaves at least (or 5% of a smaller file system)
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"))
+_TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError)
 
 
 def is_archive_name(name: str) -> bool:
@@ -76,6 +86,7 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike, *, label
     """
     label = label or str(archive)
     root = os.path.realpath(target)
+    check_room(expanded_size(archive, label), root, label)
     n_files = 0
     try:
         with tarfile.open(archive, "r:*") as tf:
@@ -89,14 +100,82 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike, *, label
                         f"{label}: refused unsafe archive member {member.name!r}: {why}; nothing was extracted"
                     ) from None
                 tf.members.clear()
-    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as e:
-        raise DataError(f"{label}: not a readable tar archive ({type(e).__name__}: {e})") from None
+    except _TAR_ERRORS as e:
+        raise DataError(unreadable(archive, label, e)) from None
     except OSError as e:
         if e.errno is None:  # gzip/bz2 "not a gzipped file", "invalid data stream"
-            raise DataError(f"{label}: not a readable tar archive ({e})") from None
+            raise DataError(unreadable(archive, label, e)) from None
         raise DataError(f"{label}: cannot extract into {target}: {e.strerror} ({e.filename or ''})") from None
     _check_links(root, label)
     return n_files
+
+
+def unreadable(archive: str | os.PathLike, label: str, e: BaseException) -> str:
+    """One line for an archive tarfile cannot read: what the file is instead (tarfile's own message lists
+    every decompressor it tried, one line each)."""
+    try:
+        with open(archive, "rb") as f:
+            head = f.read(512)
+    except OSError as oe:
+        return f"{label}: cannot be read ({oe.strerror})"
+    kind = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+    if kind is None:
+        what = "neither a tar archive nor gzip, bzip2 or xz compressed" if head else "an empty file"
+    elif isinstance(e, EOFError) or "truncated" in str(e).lower() or "end of" in str(e).lower():
+        what = f"{kind} compressed, but truncated or not a tar archive inside"
+    else:
+        what = f"{kind} compressed, but its content is not a tar archive"
+    return (
+        f"{label}: not a readable tar archive ({what}); give a .tar, .tar.gz, .tar.bz2 or .tar.xz of images"
+    )
+
+
+def expanded_size(archive: str | os.PathLike, label: str) -> int:
+    """The bytes the archive's regular files would take once extracted, from their headers alone."""
+    total = 0
+    try:
+        with tarfile.open(archive, "r:*") as tf:
+            while (member := tf.next()) is not None:
+                if member.isreg():
+                    total += member.size
+                tf.members.clear()
+    except _TAR_ERRORS as e:
+        raise DataError(unreadable(archive, label, e)) from None
+    except OSError as e:
+        if e.errno is None:
+            raise DataError(unreadable(archive, label, e)) from None
+        raise DataError(f"{label}: cannot be read ({e.strerror})") from None
+    return total
+
+
+def extract_limit(target: str | os.PathLike) -> tuple[int, str]:
+    """(bytes an extraction into `target` may write, where that limit comes from, for messages)."""
+    raw = os.environ.get(MAX_EXTRACT_ENV)
+    if raw:
+        try:
+            gb = float(raw)
+        except ValueError:
+            gb = -1.0
+        if not gb > 0:
+            raise ConfigError(f"{MAX_EXTRACT_ENV}={raw!r}: expected a number of GB > 0, e.g. 500")
+        return int(gb * 1e9), f"{MAX_EXTRACT_ENV}={raw}"
+    usage = shutil.disk_usage(target)
+    margin = min(_MARGIN_BYTES, usage.total // 20)
+    return max(0, usage.free - margin), f"the {_gb(usage.free)} free in {target} less a {_gb(margin)} margin"
+
+
+def check_room(size: int, target: str | os.PathLike, label: str) -> None:
+    """DataError (one line) when `size` bytes would not fit within extract_limit(target)."""
+    limit, why = extract_limit(target)
+    if size > limit:
+        raise DataError(
+            f"{label}: its files would expand to {_gb(size)}, more than {why}; free space, point MAE_CACHE_DIR "
+            f"at a larger disk or raise {MAX_EXTRACT_ENV}; nothing was extracted"
+        )
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def _extract_member(tf: tarfile.TarFile, member: tarfile.TarInfo, root: str) -> int:

@@ -5,10 +5,14 @@ files, SSO, container and instance roles). boto3 >= 1.28 reads `AWS_ENDPOINT_URL
 `AWS_ENDPOINT_URL` (all services) itself, which is how S3-compatible stores (SeaweedFS, MinIO, Ceph) are
 reached; this module adds no endpoint setting of its own.
 
-Retries are ours, not botocore's (its per-request retries are turned off), so that one policy covers both a
-request that fails (throttling, 5xx, connection refused or reset, timeouts) and a download whose body breaks
-off half way: the download resumes from the bytes it already has with a ranged GET pinned to the object's
-ETag (`If-Match`), so an object replaced mid-download is never stitched together from two versions.
+Retries: by default they are ours, not botocore's (its per-request retries are turned off), so that one
+policy covers both a request that fails (throttling, 5xx, connection refused or reset, timeouts) and a
+download whose body breaks off half way. When botocore's own retry settings are given (`AWS_MAX_ATTEMPTS`,
+`AWS_RETRY_MODE`, or `max_attempts`/`retry_mode` in the profile's config file), botocore retries each request
+as configured and ours only resume broken downloads. A download resumes from the bytes it already has with
+a ranged GET pinned to the object's ETag (`If-Match`), so an object replaced mid-download is never stitched
+together from two versions. Retries are logged once (the first) at WARNING, the others at DEBUG, so an
+unreachable endpoint costs two lines, not one per attempt.
 
 Nothing here prints or raises a credential: error messages pass through `redact`.
 """
@@ -63,6 +67,8 @@ class RetryPolicy:
     scaled by a random factor in [0.5, 1) ("equal jitter"), then tries again, up to `max_attempts` attempts
     in a row without progress. A download that received bytes before breaking off starts a fresh count.
     The default tolerates roughly a minute of outage. `MAE_S3_MAX_ATTEMPTS` overrides `max_attempts`.
+    `botocore`: the names of botocore's retry settings in force (then botocore retries requests itself, and
+    `max_attempts` only bounds the resumes of a broken download); empty = our retries only.
     """
 
     max_attempts: int = 8
@@ -70,12 +76,14 @@ class RetryPolicy:
     max_delay: float = 20.0
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    botocore: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> RetryPolicy:
+        botocore = botocore_retry_settings()
         raw = os.environ.get("MAE_S3_MAX_ATTEMPTS")
         if raw is None:
-            return cls()
+            return cls(botocore=botocore)
         try:
             attempts = int(raw)
         except ValueError:
@@ -84,7 +92,7 @@ class RetryPolicy:
             from mae.errors import ConfigError
 
             raise ConfigError(f"MAE_S3_MAX_ATTEMPTS={raw!r}: expected a whole number >= 1")
-        return cls(max_attempts=attempts)
+        return cls(max_attempts=attempts, botocore=botocore)
 
     def delay(self, attempt: int) -> float:
         full = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
@@ -145,8 +153,24 @@ def redact(text: object, extra_secrets: tuple[str, ...] = ()) -> str:
 # ---------------------------------------------------------------------------------------------- client
 
 
+def botocore_retry_settings() -> tuple[str, ...]:
+    """The botocore retry settings the user gave: AWS_MAX_ATTEMPTS / AWS_RETRY_MODE in the environment, or
+    max_attempts / retry_mode in the active profile of the AWS config file."""
+    found = [name for name in ("AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE") if os.environ.get(name)]
+    try:
+        import boto3
+        from botocore.exceptions import BotoCoreError
+
+        scoped = boto3.session.Session()._session.get_scoped_config()
+    except (ImportError, BotoCoreError):  # no boto3, or a profile that does not exist: nothing configured
+        scoped = {}
+    found += [f"{key} in the AWS config file" for key in ("max_attempts", "retry_mode") if key in scoped]
+    return tuple(found)
+
+
 def make_client(policy: RetryPolicy) -> Any:
-    """An S3 client from the standard chain, with botocore's own retries off (ours wrap every call)."""
+    """An S3 client from the standard chain; botocore's own retries are off unless the user configured them
+    (then ours only resume broken downloads, see RetryPolicy.botocore)."""
     try:
         import boto3
         from botocore.config import Config
@@ -154,8 +178,9 @@ def make_client(policy: RetryPolicy) -> Any:
         from mae.errors import MissingDependencyError
 
         raise MissingDependencyError("s3:// data sources need boto3: pip install boto3") from e
+    # retries=None lets botocore read AWS_MAX_ATTEMPTS, AWS_RETRY_MODE and the config file itself
     config = Config(
-        retries={"mode": "standard", "total_max_attempts": 1},
+        retries=None if policy.botocore else {"mode": "standard", "total_max_attempts": 1},
         connect_timeout=policy.connect_timeout,
         read_timeout=policy.read_timeout,
         max_pool_connections=32,
@@ -246,13 +271,19 @@ def describe_error(exc: BaseException, client: Any = None) -> str:
     return redact(text, secrets)
 
 
-def _hint(exc: BaseException, client: Any) -> str:
+def _hint(exc: BaseException, client: Any, policy: RetryPolicy | None = None) -> str:
     from botocore.exceptions import ClientError
 
+    knob = "AWS_MAX_ATTEMPTS" if policy is not None and policy.botocore else "MAE_S3_MAX_ATTEMPTS"
     if isinstance(exc, ClientError):  # throttled or 5xx to the end
-        return "the service kept refusing; try again later or raise MAE_S3_MAX_ATTEMPTS"
+        return f"the service kept refusing; try again later or raise {knob}"
     endpoint = endpoint_of(client) if client is not None else ""
     return f"check that the S3 endpoint {endpoint or '(AWS default)'} is reachable"
+
+
+def _log_retry(attempt: int, text: str, *args: Any) -> None:
+    """The first retry of a call is a warning line; later ones are debug lines (the final error says it all)."""
+    log.log(logging.WARNING if attempt == 1 else logging.DEBUG, text, *args)
 
 
 def call_with_retry(
@@ -270,12 +301,18 @@ def call_with_retry(
         except (ClientError, BotoCoreError, *_retryable_exceptions()) as e:
             if not is_retryable(e):
                 raise DataError(f"{what}: {describe_error(e, client)}") from None
+            if policy.botocore:  # botocore already retried this request as configured
+                raise DataError(
+                    f"{what}: failed after botocore's retries ({', '.join(policy.botocore)}): "
+                    f"{describe_error(e, client)}; {_hint(e, client, policy)}"
+                ) from None
             if attempt >= policy.max_attempts:
                 raise DataError(
                     f"{what}: failed after {attempt} attempts: {describe_error(e, client)}; {_hint(e, client)}"
                 ) from None
             delay = policy.delay(attempt)
-            log.warning(
+            _log_retry(
+                attempt,
                 "%s: %s; retrying in %.1fs (attempt %d of %d)",
                 what,
                 describe_error(e, client),
@@ -350,12 +387,13 @@ def download_object(
         part.unlink()
         offset = 0
     received = 0
-    attempt = 0
+    attempt = retries = 0
     bar = progress_bar(obj.size, offset, what, show_bar)
     try:
         while offset < obj.size or (obj.size == 0 and not part.exists()):
             attempt += 1
             start = offset
+            streaming = False  # a request error (not a broken body) was already retried by botocore if set
             try:
                 kwargs: dict[str, Any] = {"Bucket": bucket, "Key": obj.key}
                 if obj.etag:
@@ -363,6 +401,7 @@ def download_object(
                 if offset:
                     kwargs["Range"] = f"bytes={offset}-"
                 body = client.get_object(**kwargs)["Body"]
+                streaming = True
                 with open(part, "ab") as f:
                     for chunk in body.iter_chunks(CHUNK_BYTES):
                         f.write(chunk)
@@ -385,14 +424,21 @@ def download_object(
                     raise DataError(f"{what}: {describe_error(e, client)}") from None
                 if offset > start:
                     attempt = 1  # progress was made: a fresh count of attempts without progress
+                if policy.botocore and not streaming:
+                    raise DataError(
+                        f"{what}: download failed after botocore's retries ({', '.join(policy.botocore)}): "
+                        f"{describe_error(e, client)}; {_hint(e, client, policy)}"
+                    ) from None
                 if attempt >= policy.max_attempts:
                     raise DataError(
                         f"{what}: download failed after {attempt} attempts without progress ({offset} of "
-                        f"{obj.size} bytes received): {describe_error(e, client)}; {_hint(e, client)}, then "
-                        "run again (the download resumes)"
+                        f"{obj.size} bytes received): {describe_error(e, client)}; {_hint(e, client, policy)}, "
+                        "then run again (the download resumes)"
                     ) from None
                 delay = policy.delay(attempt)
-                log.warning(
+                retries += 1
+                _log_retry(
+                    retries,
                     "%s: download interrupted at byte %d of %d (%s); retrying in %.1fs",
                     what,
                     offset,

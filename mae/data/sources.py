@@ -21,6 +21,9 @@ folder under a temporary name and renames it into place only when complete, so a
 folder or none; leftovers of a holder that crashed are removed by the next holder. Interrupted S3 downloads
 resume from their `.part` file.
 
+Size: `MAE_CACHE_MAX_GB` caps the cache; least recently used entries that no process uses are evicted after
+a new entry is built (`mae.data.cache`; `mae cache list|clear` by hand).
+
 An archive whose whole content is one folder named like the archive (`images_train.tar.gz` holding
 `images_train/...`, TAO's convention) resolves to that folder, so class folders are found whether or not
 the archive wraps them; any other layout resolves to the archive's root.
@@ -44,7 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mae.data import cache as cachemod
 from mae.data import s3 as s3mod
+from mae.data.cache import META_NAME
 from mae.data.extract import (
     UnsafeMember,
     archive_stem,
@@ -59,7 +64,6 @@ from mae.fileio import atomic_write_text
 log = logging.getLogger("mae.data")
 
 CACHE_ENV = "MAE_CACHE_DIR"
-META_NAME = ".mae-source.json"  # inside each cache entry; hidden, so datasets never read it
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DOWNLOAD_THREADS = 8
 
@@ -397,11 +401,14 @@ def _materialize(
     sources = cache / "sources"
     entry = sources / name
     if (entry / META_NAME).is_file():
-        return _hit(entry, label, kind)
+        cachemod.hold(cache, entry)  # in use from now on: never evicted under us
+        if (entry / META_NAME).is_file():  # still there once held (not evicted meanwhile)
+            return _hit(entry, label, kind)
     try:
         sources.mkdir(parents=True, exist_ok=True)
         with _locked(cache, digest, label):
             if (entry / META_NAME).is_file():  # another process built it while we waited
+                cachemod.hold(cache, entry)
                 return _hit(entry, label, kind)
             for stale in sources.glob(name + ".tmp-*"):  # a crashed holder's leftovers
                 remove_tree(stale)
@@ -411,12 +418,15 @@ def _materialize(
             try:
                 received, files = build(tmp)
                 root = _content_root(tmp, unwrap) if unwrap else ""
-                meta = {**meta, "root": root, "created": time.time(), "files": files}
+                size = cachemod.tree_bytes(tmp)
+                meta = {**meta, "root": root, "created": time.time(), "files": files, "bytes": size}
                 _write_json_atomic(tmp / META_NAME, meta)
+                cachemod.hold(cache, entry)  # held before it appears, so no evictor can take it first
                 os.rename(tmp, entry)
             except BaseException:
                 remove_tree(tmp)
                 raise
+        cachemod.enforce_cap(cache)
     except OSError as e:  # the cache's file system: permissions, free space
         where = f" ({e.filename})" if e.filename else ""
         raise DataError(

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mae.errors import CheckpointError, ConfigError
+from mae.layout import ExperimentLayout
 
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".trt", ".plan")
@@ -31,7 +32,7 @@ def find_artifact(
 ) -> Path | None:
     """The artifact a results folder stands for (see the module docstring), or None."""
     folder = Path(folder)
-    for d in (folder, folder / subdir, folder / "automl" / "best"):
+    for d in (folder, folder / subdir, ExperimentLayout(folder).best):
         if not d.is_dir():
             continue
         files = [p for p in d.iterdir() if p.is_file() and p.suffix in suffixes]

@@ -23,6 +23,36 @@ EpochHook = Callable[[int, dict[str, float]], None]
 VAL_METRICS = frozenset({"val_loss", "ACC_all", "ACC_top5", "knn_acc"})  # logged by validation only
 
 
+def unreadable_images(trainer: pl.Trainer) -> tuple[int, str | None]:
+    """Images of the run's datasets that could not be read so far: unreadable when indexed, or failing to
+    decode in any loader worker of any rank (the union: a file counts once). Returns (count, an example).
+    Under DDP every rank must call it (the per-rank lists are gathered)."""
+    from mae.data.sources import display_name
+
+    bad: set[str] = set()
+    for ds in _run_datasets(trainer):
+        bad.update(ds.failed_files)
+        bad.update(path for path, _ in ds.skipped_at_index)
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and trainer.world_size > 1:
+        gathered: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(gathered, sorted(bad))
+        bad = {p for part in gathered for p in part or ()}
+    return len(bad), (display_name(min(bad)) if bad else None)
+
+
+def _run_datasets(trainer: pl.Trainer) -> list:
+    """The image datasets behind the trainer's train and validation loaders (each once)."""
+    from mae.data.loaders import image_datasets
+
+    vals = trainer.val_dataloaders
+    loaders = [trainer.train_dataloader, *(vals if isinstance(vals, (list, tuple)) else [vals])]
+    found = {}
+    for loader in loaders:
+        for ds in image_datasets(getattr(loader, "dataset", None)):
+            found[id(ds)] = ds
+    return list(found.values())
+
+
 def epoch_metrics(trainer: pl.Trainer) -> dict[str, float]:
     """The epoch's logged metrics as plain floats (NaN kept, so a diverged run is visible)."""
     out = {}
@@ -75,11 +105,14 @@ class EpochRecorder(pl.Callback):
         self._t0 = 0.0
         self._images = 0
         self._validated = False
+        self._unreadable_reported = 0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._t0 = time.perf_counter()
         self._images = 0
         self._validated = False
+        for ds in _run_datasets(trainer):
+            ds.report_after_pass = False  # one line per epoch from here, across workers and ranks
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
 
@@ -103,7 +136,17 @@ class EpochRecorder(pl.Callback):
         if torch.cuda.is_available():
             metrics["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
         epoch = trainer.current_epoch
+        unreadable, example = unreadable_images(trainer)  # a collective under DDP: every rank calls it
         if trainer.is_global_zero:
+            if unreadable > self._unreadable_reported:
+                log.warning(
+                    "epoch %d: %d unreadable image(s) so far (replaced by readable ones in training, left out "
+                    "of validation), e.g. %s; counted as skipped_images in status.json and MLflow",
+                    epoch + 1,
+                    unreadable,
+                    example,
+                )
+                self._unreadable_reported = unreadable
             max_epochs = trainer.max_epochs or 0
             shown = {k: round(v, 6) for k, v in metrics.items() if math.isfinite(v)}
             if self.print_epochs:
@@ -123,8 +166,9 @@ class EpochRecorder(pl.Callback):
                     time_per_epoch=str(dt.timedelta(seconds=round(elapsed))),
                     eta=str(dt.timedelta(seconds=round(remaining))),
                     kpi=shown,
+                    skipped_images=unreadable,
                 )
             for sink in self.sinks:
-                sink.log_metrics(metrics, step=epoch)
+                sink.log_metrics({**metrics, "skipped_images": float(unreadable)}, step=epoch)
         if self.hook is not None:
             self.hook(epoch, metrics)

@@ -18,6 +18,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from mae.errors import CheckpointError
 from mae.fileio import atomic_open, read_torch_file
+from mae.layout import BEST_CKPT, LAST_CKPT, TRIALS_DIR, TUNE_CHECKPOINT_FILE, ExperimentLayout, TrainLayout
 
 log = logging.getLogger("mae")
 
@@ -57,12 +58,12 @@ def find_checkpoint(folder: str | os.PathLike, prefer: str = "best") -> Path | N
     folder = Path(folder)
     candidates = [
         folder,
-        folder / "checkpoints",
-        folder / "train" / "checkpoints",
-        folder / "automl" / "best",
+        TrainLayout(folder).checkpoints,
+        TrainLayout(folder / "train").checkpoints,
+        ExperimentLayout(folder).best,
         folder / "best",
     ]
-    order = ["best.ckpt", "last.ckpt"] if prefer == "best" else ["last.ckpt"]
+    order = [BEST_CKPT, LAST_CKPT] if prefer == "best" else [LAST_CKPT]
     for d in candidates:
         for name in order:
             if (d / name).is_file():
@@ -83,18 +84,15 @@ def find_checkpoint(folder: str | os.PathLike, prefer: str = "best") -> Path | N
 
 def automl_experiment_dir(folder: str | os.PathLike) -> Path | None:
     """The `automl/` folder of an AutoML experiment given its results folder or the automl folder itself."""
-    folder = Path(folder)
-    for d in (folder / "automl", folder):
-        if (d / "experiment.json").is_file():
-            return d
-    return None
+    exp = ExperimentLayout.of_folder(Path(folder))
+    return exp.root if exp is not None else None
 
 
 def _automl_trials(exp_dir: Path) -> dict[str, Any]:
     import json
 
     try:
-        return json.loads((exp_dir / "state.json").read_text()).get("trials", {})
+        return json.loads(ExperimentLayout(exp_dir.parent).state.read_text()).get("trials", {})
     except (OSError, ValueError):
         return {}
 
@@ -110,12 +108,12 @@ def automl_trial_checkpoint(exp_dir: Path, trial_id: str, *, key: str) -> Path:
         )
     best = rec.get("best") or {}
     tune_ckpt = best.get("checkpoint")
-    if tune_ckpt and (Path(tune_ckpt) / "checkpoint.ckpt").is_file():
-        return Path(tune_ckpt) / "checkpoint.ckpt"
-    local = exp_dir / "trials" / trial_id / "checkpoints"
-    for name in ("best.ckpt", "last.ckpt"):
-        if (local / name).is_file():
-            return local / name
+    if tune_ckpt and (Path(tune_ckpt) / TUNE_CHECKPOINT_FILE).is_file():
+        return Path(tune_ckpt) / TUNE_CHECKPOINT_FILE
+    trial = TrainLayout(ExperimentLayout(exp_dir.parent).trial_dir(trial_id))
+    for path in (trial.best, trial.last):
+        if path.is_file():
+            return path
     where = f" (its best checkpoint is in the experiment storage: {tune_ckpt})" if tune_ckpt else ""
     raise CheckpointError(
         f"{key}: trial {trial_id!r} of {exp_dir} has no checkpoint on this machine{where}; it reported "
@@ -125,12 +123,12 @@ def automl_trial_checkpoint(exp_dir: Path, trial_id: str, *, key: str) -> Path:
 
 def _automl_checkpoint(p: Path, key: str) -> Path | None:
     """An AutoML experiment folder -> best/best.ckpt; a trial id inside one -> that trial's; None otherwise."""
-    in_trials = p.parent.name == "trials" and automl_experiment_dir(p.parent.parent) is not None
+    in_trials = p.parent.name == TRIALS_DIR and automl_experiment_dir(p.parent.parent) is not None
     if p.is_dir() and not in_trials:
         exp = automl_experiment_dir(p)
-        if exp is None or (p / "train" / "checkpoints").is_dir():
+        if exp is None or TrainLayout(p / "train").checkpoints.is_dir():
             return None
-        best = exp / "best" / "best.ckpt"
+        best = ExperimentLayout(exp.parent).best_checkpoint
         if best.is_file():
             log.info("%s: using the best trial's checkpoint of the AutoML experiment %s", key, exp)
             return best
@@ -139,7 +137,7 @@ def _automl_checkpoint(p: Path, key: str) -> Path | None:
             f"give one of its trials instead, e.g. {exp}/<trial_id> (see `automl status {exp.parent}`)"
         )
     parent = p.parent
-    if parent.name == "trials":
+    if parent.name == TRIALS_DIR:
         parent = parent.parent
     exp = automl_experiment_dir(parent)
     if exp is None:

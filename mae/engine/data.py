@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from torch.utils.data import Dataset, Sampler
 
 from mae.config import ExperimentConfig
 from mae.errors import ConfigError
+from mae.layout import TrainLayout
 
 
 def _as_list(sources) -> list[str]:
@@ -52,6 +54,58 @@ def class_dataset(
     return ds, list(ds.classes)
 
 
+@dataclass
+class TrainingPipeline:
+    """The training input pipeline for a spec: per image in the loader workers, then per batch on the device
+    (in the training step, after it is seeded). See mae.data.batch_augment."""
+
+    transform: Callable  # per image: crop, flip, ... -> uint8 [3, S, S] (or an unresized crop, `Regions`)
+    collate_fn: Callable | None  # None: the loader's default
+    batch_augment: Callable  # uint8 batch (or Regions) -> normalised float32 batch, on its device
+    description: str
+
+
+def training_pipeline(cfg: ExperimentConfig, *, cuda: bool, channels_last: bool = False) -> TrainingPipeline:
+    """Files or the decoded store (`dataset.store`); crops resized in the workers, or on the GPU when the
+    images come from the store, the device is CUDA and no per-image PIL operation follows the crop."""
+    from mae.data import build_finetune_transform, build_pretrain_transform
+    from mae.data.batch_augment import BatchAugment, collate_regions
+    from mae.data.transforms import has_pil_ops
+
+    aug, stage, stored = cfg.dataset.augmentation, cfg.train.stage, cfg.dataset.store
+    build = build_pretrain_transform if stage == "pretrain" else build_finetune_transform
+    on_device = stored and cuda and not has_pil_ops(aug, stage)
+    batch = BatchAugment(
+        aug.mean,
+        aug.std,
+        size=aug.input_size,
+        re_prob=aug.re_prob if stage == "finetune" else 0.0,
+        channels_last=channels_last,
+    )
+    source = f"decoded store ({store_short_side(cfg)} px)" if stored else "image files (decoded every epoch)"
+    return TrainingPipeline(
+        build(aug, stored=stored, output="regions" if on_device else "uint8"),
+        collate_regions if on_device else None,
+        batch,
+        f"{source}, crops resized {'on the GPU' if on_device else 'in the loader workers'}",
+    )
+
+
+def store_short_side(cfg: ExperimentConfig) -> int:
+    from mae.data.store import default_short_side
+
+    d = cfg.dataset
+    return d.store_short_side or default_short_side(d.augmentation.input_size)
+
+
+def use_decoded_store(ds: Dataset, cfg: ExperimentConfig) -> Dataset:
+    """Make `ds` read its images from the decoded store (`dataset.store`, see mae.data.store), built on first
+    use; its transform must take stored images (`training_pipeline` builds such transforms)."""
+    from mae.data.store import open_store, use_store
+
+    return use_store(ds, open_store(ds.files, store_short_side(cfg), label=ds.label))
+
+
 def check_num_classes(cfg: ExperimentConfig, classes: Sequence[str], key: str) -> None:
     if len(classes) != cfg.model.num_classes:
         shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
@@ -65,7 +119,7 @@ def save_classes(classes: Sequence[str], results_dir: str | os.PathLike) -> Path
     from mae.fileio import atomic_write_text
 
     return atomic_write_text(
-        Path(results_dir) / "classes.json", json.dumps({"classes": list(classes)}, indent=1) + "\n"
+        TrainLayout(Path(results_dir)).classes, json.dumps({"classes": list(classes)}, indent=1) + "\n"
     )
 
 
@@ -125,6 +179,7 @@ def make_loader(
     batch_size: int | None = None,
     rank: int = 0,
     world_size: int = 1,
+    collate_fn: Callable | None = None,
 ) -> torch.utils.data.DataLoader:
     from mae.data import build_loader
 
@@ -134,7 +189,12 @@ def make_loader(
         sampler = SeededSampler(len(dataset), cfg.train.seed, shuffle=True, rank=rank, world_size=world_size)
         # drop the ragged last batch (MAE does; mixup needs even batches) unless it is the only one
         return build_loader(
-            SeededDataset(dataset), bs, sampler=sampler, num_workers=workers, drop_last=len(sampler) > bs
+            SeededDataset(dataset),
+            bs,
+            sampler=sampler,
+            num_workers=workers,
+            drop_last=len(sampler) > bs,
+            collate_fn=collate_fn,
         )
     sampler = SeededSampler(len(dataset), cfg.train.seed, shuffle=False, rank=rank, world_size=world_size)
     return build_loader(SeededDataset(dataset), bs, sampler=sampler, num_workers=workers, drop_last=False)

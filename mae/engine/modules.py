@@ -53,16 +53,19 @@ def optimizer_groups(cfg: ExperimentConfig, model: torch.nn.Module) -> list[dict
     )
 
 
-def build_optimizer(cfg: ExperimentConfig, model: torch.nn.Module, *, total_steps: int, num_epochs: int):
+def build_optimizer(
+    cfg: ExperimentConfig, model: torch.nn.Module, *, total_steps: int, num_epochs: int, fused: bool = False
+):
     """AdamW (betas (momentum, 0.95)) over the model's parameter groups, and the per-step schedule.
 
     Groups: no decay on norms/biases/tokens; layer-wise lr decay when finetuning; the encoder's lr scaled by
-    backbone_multiplier; frozen parameters left out."""
+    backbone_multiplier; frozen parameters left out. fused: PyTorch's fused AdamW kernel (the engine's
+    choice on CUDA; same update, see mae.engine.speed)."""
     o = cfg.train.optim
     groups = optimizer_groups(cfg, model)
     if not groups:
         raise ConfigError("train.freeze: every parameter is frozen; nothing would train")
-    opt = torch.optim.AdamW(groups, lr=o.lr, betas=(o.momentum, 0.95))
+    opt = torch.optim.AdamW(groups, lr=o.lr, betas=(o.momentum, 0.95), **({"fused": True} if fused else {}))
     factor = lr_factor_fn(
         o.lr_scheduler,
         total_steps=total_steps,
@@ -76,6 +79,11 @@ def build_optimizer(cfg: ExperimentConfig, model: torch.nn.Module, *, total_step
 
 class _Base(pl.LightningModule):
     """What both stages share: optimizer, schedule, freezing, per-step seeding, the NaN guard."""
+
+    # set by the trainer: the batch end of the input pipeline (uint8 -> normalised on the device; None: the
+    # batches arrive normalised) and the step's speed-ups (mae.engine.speed)
+    batch_augment: Any = None
+    speed: Any = None
 
     def __init__(self, cfg: ExperimentConfig, network: torch.nn.Module, meta: dict[str, Any]):
         super().__init__()
@@ -104,14 +112,38 @@ class _Base(pl.LightningModule):
 
     def configure_optimizers(self):
         total = max(1, int(self.trainer.estimated_stepping_batches))
+        fused = self.speed is not None and self.speed.fused_adamw and self.device.type == "cuda"
         opt, sched = build_optimizer(
-            self.cfg, self.model, total_steps=total, num_epochs=self.trainer.max_epochs
+            self.cfg, self.model, total_steps=total, num_epochs=self.trainer.max_epochs, fused=fused
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
     def on_train_start(self) -> None:
         if self.trainer.ckpt_path:
             self.reapply_optimizer_settings()
+        if self.speed is not None and self.speed.check_attention and self.device.type == "cuda":
+            self._check_attention()
+
+    def _check_attention(self) -> None:
+        import logging
+
+        from mae.engine.speed import check_fast_attention
+
+        precision = self.cfg.train.resolved_precision()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        size = self.cfg.dataset.augmentation.input_size
+        why = check_fast_attention(self.model, size, self.device, dtype)
+        if why:
+            logging.getLogger("mae").warning(
+                "attention of %s in %s falls back to the slow math kernel: %s",
+                self.cfg.model.arch,
+                precision,
+                why,
+            )
+        else:
+            logging.getLogger("mae").info(
+                "attention: flash/memory-efficient kernels serve every block (%s)", precision
+            )
 
     def reapply_optimizer_settings(self) -> list[str]:
         """After resuming from a checkpoint, train with the spec's optimizer settings (lr, weight decay,
@@ -159,6 +191,12 @@ class _Base(pl.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         seed_all(step_seed(self.cfg.train.seed, self.current_epoch, batch_idx, self.global_rank))
 
+    def _train_images(self, batch: Any) -> torch.Tensor:
+        """The batch's images, augmentation finished on the device (after the step's seeding, so random
+        erasing is reproducible on resume)."""
+        imgs = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self.batch_augment(imgs) if self.batch_augment is not None else imgs
+
     def _train_loss(self, loss: torch.Tensor, batch_size: int) -> torch.Tensor:
         """Stop on a non-finite loss, log train_loss (per epoch, under exactly that name) and the lr."""
         self._check_finite(loss)
@@ -192,7 +230,7 @@ class PretrainModule(_Base):
     """Masked reconstruction. Logs train_loss (per epoch); with a labelled val set also val_loss and knn_acc."""
 
     def training_step(self, batch, batch_idx):
-        imgs = batch[0] if isinstance(batch, (list, tuple)) else batch
+        imgs = self._train_images(batch)
         loss, _, _ = self.model(imgs, mask_ratio=self.cfg.train.mask_ratio)
         return self._train_loss(loss, imgs.shape[0])
 
@@ -244,7 +282,7 @@ class FinetuneModule(_Base):
         self.smoothing = cfg.dataset.augmentation.smoothing
 
     def training_step(self, batch, batch_idx):
-        imgs, targets = batch[0], batch[1]
+        imgs, targets = self._train_images(batch), batch[1]
         if self.mixup is not None and imgs.shape[0] % 2 == 0:
             imgs, soft = self.mixup(imgs, targets)  # soft targets include label smoothing
             loss = torch.sum(-soft * F.log_softmax(self.model(imgs), dim=-1), dim=-1).mean()

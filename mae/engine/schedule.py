@@ -21,11 +21,13 @@ def lr_factor_fn(
     Linear warmup from 0 over `warmup_epochs`, then either
       cosine:    0.5 * (1 + cos(pi * t)), t the fraction of post-warmup steps done (decays to 0 at the end);
       MultiStep: gamma ** (number of milestones <= the current epoch); no milestones = constant.
+    As in TAO, a warmup as long as the run never finishes, and negative milestones never fire (torch's
+    MultiStepLR); repeats count once each.
     """
     steps_per_epoch = max(1, steps_per_epoch)
-    warmup = min(warmup_epochs * steps_per_epoch, max(0, total_steps - 1))
+    warmup = warmup_epochs * steps_per_epoch
     decay_steps = max(1, total_steps - warmup)
-    ms = sorted(milestones)
+    ms = sorted(m for m in milestones if m >= 0)
 
     def factor(step: int) -> float:
         if step < warmup:

@@ -27,12 +27,14 @@ from mae.engine.checkpoints import (
     load_checkpoint_file,
     resolve_checkpoint,
 )
+from mae.engine.speed import plan_speed, prepare_network
 from mae.errors import CheckpointError, ConfigError
+from mae.layout import EPOCH_CKPT_PATTERN, LAST_CKPT, STEP_CKPT_PATTERN, TrainLayout
+from mae.metrics import MAXIMIZED
 
 log = logging.getLogger("mae")
 
 PRECISION = {"fp32": "32-true", "fp16": "16-mixed", "bf16": "bf16-mixed"}
-MAXIMIZE = {"ACC_all", "ACC_top5", "knn_acc"}
 
 
 @dataclass
@@ -140,7 +142,7 @@ def find_resume(cfg: ExperimentConfig, results_dir: Path) -> Path | None:
     explicit = cfg.train.resume_training_checkpoint_path
     if explicit:
         return resolve_checkpoint(explicit, key="train.resume_training_checkpoint_path", prefer="last")
-    last = results_dir / "checkpoints" / "last.ckpt"
+    last = TrainLayout(results_dir).last
     return last if last.is_file() else None
 
 
@@ -174,30 +176,35 @@ def run_training(
     on_epoch(epoch, metrics) runs after every epoch on rank 0 (the AutoML trial reports through it);
     mlflow=False leaves tracking to the caller; callbacks are extra Lightning callbacks; device_plan replaces
     plan_devices(cfg) (the AutoML runner passes Ray Train's strategy and environment for multi-worker trials)."""
-    from mae.data import build_eval_transform, build_finetune_transform, build_pretrain_transform
+    from mae.data import build_eval_transform
     from mae.engine import data as D
     from mae.engine.modules import FinetuneModule, NonFiniteLossError, PretrainModule
 
     t = cfg.train
     results_dir = Path(cfg.action_results_dir("train")).resolve()
     results_dir.mkdir(parents=True, exist_ok=True)
-    status = StatusLog(results_dir / "status.json")
+    status = StatusLog(TrainLayout(results_dir).status)
     apply_cudnn(cfg)
     pl.seed_everything(t.seed, workers=True, verbose=False)
 
-    # data
+    # data: uint8 from the loader workers, augmentation finished on the device (see D.training_pipeline)
     aug = cfg.dataset.augmentation
     classes = None
+    speed = plan_speed(cfg, cuda=torch.cuda.is_available())
+    pipeline = D.training_pipeline(cfg, cuda=torch.cuda.is_available(), channels_last=speed.channels_last)
+    log.info("training images: %s", pipeline.description)
     if t.stage == "pretrain":
         train_ds = D.ssl_dataset(
-            cfg.dataset.train_data_sources, "dataset.train_data_sources", build_pretrain_transform(aug)
+            cfg.dataset.train_data_sources, "dataset.train_data_sources", pipeline.transform
         )
     else:
         train_ds, classes = D.class_dataset(
-            cfg.dataset.train_data_sources, "dataset.train_data_sources", build_finetune_transform(aug)
+            cfg.dataset.train_data_sources, "dataset.train_data_sources", pipeline.transform
         )
         D.check_num_classes(cfg, classes, "dataset.train_data_sources")
         D.save_classes(classes, results_dir)
+    if cfg.dataset.store:
+        D.use_decoded_store(train_ds, cfg)
     val_ds = None
     if cfg.dataset.val_data_sources:
         val_ds, _ = D.class_dataset(
@@ -226,11 +233,13 @@ def run_training(
             log.warning("finetuning from scratch: train.pretrained_model_path is not set")
     module_cls = PretrainModule if t.stage == "pretrain" else FinetuneModule
     module = module_cls(cfg, network, meta)
+    module.batch_augment, module.speed = pipeline.batch_augment, speed
+    prepare_network(network, speed)
 
     plan = device_plan or plan_devices(cfg)
     monitor = t.optim.monitor_name
-    mode = "max" if monitor in MAXIMIZE else "min"
-    ckpt_dir = results_dir / "checkpoints"
+    mode = "max" if monitor in MAXIMIZED else "min"
+    ckpt_dir = TrainLayout(results_dir).checkpoints
     every = (
         {"every_n_epochs": t.checkpoint_interval}
         if t.checkpoint_interval_unit == "epoch"
@@ -238,7 +247,7 @@ def run_training(
     )
     periodic = ModelCheckpoint(
         dirpath=ckpt_dir,
-        filename="epoch-{epoch}" if t.checkpoint_interval_unit == "epoch" else "step-{step}",
+        filename=EPOCH_CKPT_PATTERN if t.checkpoint_interval_unit == "epoch" else STEP_CKPT_PATTERN,
         auto_insert_metric_name=False,
         save_top_k=-1,
         save_last=True,
@@ -296,7 +305,9 @@ def run_training(
     status.write("STARTED", f"Starting {t.stage} training.", max_epoch=t.num_epochs)
     try:
         trainer.fit(
-            module, datamodule=_RankLoaders(train_ds, val_ds, cfg), ckpt_path=str(resume) if resume else None
+            module,
+            datamodule=_RankLoaders(train_ds, val_ds, cfg, pipeline.collate_fn),
+            ckpt_path=str(resume) if resume else None,
         )
     except BaseException as e:
         message = str(e) if isinstance(e, NonFiniteLossError) else f"{type(e).__name__}: {e}"
@@ -310,7 +321,7 @@ def run_training(
 
     metrics = epoch_metrics(trainer)
     best_path = Path(best.best_model_path) if best.best_model_path else None
-    last_path = ckpt_dir / "last.ckpt"
+    last_path = ckpt_dir / LAST_CKPT
     best_score = float(best.best_model_score) if best.best_model_score is not None else None
     status.write("SUCCESS", "Training finished successfully.", kpi=metrics)
     if tracker:
@@ -335,9 +346,10 @@ class _RankLoaders(pl.LightningDataModule):
     """Loaders built inside each process (after DDP starts), so each rank gets its own shard of the seeded
     permutation."""
 
-    def __init__(self, train_ds, val_ds, cfg: ExperimentConfig):
+    def __init__(self, train_ds, val_ds, cfg: ExperimentConfig, train_collate=None):
         super().__init__()
         self.train_ds, self.val_ds, self.cfg = train_ds, val_ds, cfg
+        self.train_collate = train_collate
 
     def train_dataloader(self):
         from mae.engine.data import make_loader
@@ -348,6 +360,7 @@ class _RankLoaders(pl.LightningDataModule):
             train=True,
             rank=self.trainer.global_rank,
             world_size=self.trainer.world_size,
+            collate_fn=self.train_collate,
         )
 
     def val_dataloader(self):

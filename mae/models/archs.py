@@ -66,6 +66,7 @@ ARCHS: dict[str, ArchSpec] = {
     "vit_tiny_patch16": _vit("vit_tiny_patch16_224", 192, 12, 3, 16),
     "vit_small_patch16": _vit("vit_small_patch16_224", 384, 12, 6, 16),
     "vit_tiny_patch4": _vit("vit_tiny_patch16_224", 192, 12, 3, 4),  # 4-px patches for 32-64 px images
+    "vit_small_patch4": _vit("vit_small_patch16_224", 384, 12, 6, 4),
     # 4 blocks x 128: trains in seconds per epoch on a laptop CPU (the demo, CPU tests)
     "vit_micro_patch4": _vit("vit_tiny_patch16_224", 128, 4, 4, 4),
 }

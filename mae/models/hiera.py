@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from timm.models.hiera import Hiera
+import torch.nn.functional as F
+from timm.models.hiera import Hiera, MaskUnitAttention
 from timm.models.vision_transformer import Block
 
 from mae.errors import ConfigError
@@ -44,6 +45,38 @@ PATCH_STRIDE = 4  # pixels per token
 MASK_UNIT_TOKENS = 8  # tokens per mask-unit side (32 px)
 Q_STRIDE = 2  # query pooling halves each side
 MAE_Q_POOL = 2  # pretraining: stride-16 last stage, as in the paper's MAE
+
+
+class FlashMaskUnitAttention(MaskUnitAttention):
+    """timm's mask-unit attention with its windows folded into the batch before attention.
+
+    timm hands scaled_dot_product_attention 5-D tensors [N, heads, windows, tokens, head_dim]; the flash and
+    memory-efficient kernels take 4-D inputs only, so every windowed block fell back to the math kernel
+    (measured with `torch.nn.attention.sdpa_kernel`). Here heads x windows is one batch dimension
+    [N, heads * windows, tokens, head_dim]: the same attention (each window attends within itself), a kernel
+    that scales. Same parameters, same outputs (tests/test_engine_speed.py); global-attention blocks and the
+    explicit path (`fused_attn` off, e.g. while exporting to ONNX) are timm's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.use_mask_unit_attn and self.fused_attn):
+            return super().forward(x)
+        n, t, _ = x.shape
+        windows = t // (self.q_stride * self.window_size)
+        qkv = self.qkv(x).reshape(n, -1, windows, 3, self.heads, self.head_dim).permute(3, 0, 4, 2, 1, 5)
+        q, k, v = qkv.unbind(0)  # each [N, heads, windows, tokens, head_dim]
+        if self.q_stride > 1:  # query pooling: max over the q_stride strided sub-grids of each window
+            q = q.view(n, self.heads, windows, self.q_stride, -1, self.head_dim).amax(dim=3)
+        q, k, v = (z.reshape(n, self.heads * windows, -1, self.head_dim) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v)  # [N, heads * windows, tokens_out, head_dim]
+        y = y.view(n, self.heads, windows, -1, self.head_dim).transpose(1, 3).reshape(n, -1, self.dim_out)
+        return self.proj(y)
+
+
+def use_flash_mask_unit_attention(blocks: nn.ModuleList) -> None:
+    """Give every mask-unit attention of `blocks` the 4-D attention path (`FlashMaskUnitAttention`)."""
+    for blk in blocks:
+        if type(blk.attn) is MaskUnitAttention:
+            blk.attn.__class__ = FlashMaskUnitAttention
 
 
 def onnx_safe_attention(blocks: nn.ModuleList, fused: list[bool]) -> None:
@@ -101,6 +134,7 @@ class HieraMAE(MaskedAutoencoder):
         self.unroll = net.unroll
         self.reroll = net.reroll
         self.blocks = net.blocks
+        use_flash_mask_unit_attention(self.blocks)
         self._fused_attn = [blk.attn.fused_attn for blk in self.blocks]
         self.stage_ends = list(net.stage_ends)
         self.tokens_per_unit = net.mu_size  # 64
@@ -221,6 +255,7 @@ class HieraClassifier(Hiera):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        use_flash_mask_unit_attention(self.blocks)
         self._fused_attn = [blk.attn.fused_attn for blk in self.blocks]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # [N, C, H, W] -> [N, D]

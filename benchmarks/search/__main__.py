@@ -1,0 +1,201 @@
+"""python -m benchmarks.search [--quick] [--seeds N] [--trials N] [--epochs N] [--arms ...] [--out DIR] [--json F]
+
+Runs every arm (benchmarks.search.arms) on every seed with the same budget, finetunes each search's selected
+encoder with one recipe (benchmarks.search.downstream), and writes one JSON of every run with the figures
+(benchmarks.search.report) and a PNG of the anytime curves. Searches and finetunes already finished in --out
+are read back, so an interrupted benchmark continues where it stopped.
+
+--quick: a tiny harness check (2 seeds, 2 trials of 1 epoch, a 1-epoch finetune), not a result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.search import report  # noqa: E402
+from benchmarks.search.arms import ARMS  # noqa: E402
+from benchmarks.search.harness import Budget, run_search, start_ray  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.search", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny harness check (<= 2 min)")
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--trials", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--concurrent", type=int, default=2)
+    p.add_argument("--finetune-epochs", type=int, default=10)
+    p.add_argument("--arms", nargs="+", default=["ours", "tao", "random"], choices=sorted(ARMS))
+    p.add_argument("--out", default="bench_search_results", help="experiments folder (kept; resumable)")
+    p.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "search.json"))
+    p.add_argument(
+        "--phase",
+        choices=("all", "search", "finetune"),
+        default="all",
+        help="search: only the searches; finetune: only the finetunes, waiting for each search to finish (run "
+        "beside a search phase); all: both, then the JSON (finished work is read back)",
+    )
+    p.add_argument("--png", default=None, help="curves PNG (default: beside the JSON, <name>_curves.png)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds, args.trials, args.epochs, args.finetune_epochs = 2, 1, 1, 1
+    from mae.cli import setup_logging
+    from mae.data.digits import build_digits_dataset
+
+    setup_logging()
+    t0 = time.time()
+    root = Path(args.out).resolve()
+    data = build_digits_dataset(root / "data")
+    # One MLflow store per phase for the whole benchmark: creating a store's tables costs seconds, paid once
+    # here instead of once per search and per finetune (each phase its own file: SQLite has one writer).
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / f'mlflow-{args.phase}.db'}")
+    budget = Budget(args.trials, args.epochs, args.concurrent)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    if args.phase == "finetune":
+        finetune_all(args.arms, seeds, data, root, args.finetune_epochs)
+        return 0
+    start_ray(args.concurrent)
+    runs = run_all(
+        args.arms, seeds, budget, data, root, args.finetune_epochs if args.phase == "all" else None
+    )
+    if args.phase == "search":
+        return 0
+    out = summarize(runs, args, budget, time.time() - t0)
+    json_path = Path(args.json)
+    png = Path(args.png) if args.png else json_path.with_name(json_path.stem + "_curves.png")
+    out["png"] = str(png.relative_to(REPO) if png.is_relative_to(REPO) else png)
+    report.plot_curves(
+        runs, png, f"MAE pretraining search, {args.trials} trials x {args.epochs} epochs, {len(seeds)} seeds"
+    )
+    from mae.fileio import atomic_write_text
+
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json_path, json.dumps(_finite(out), indent=1, default=str) + "\n")
+    print_figures(out)
+    print(f"\n{json_path} and {png} in {time.time() - t0:.0f} s")
+    return 0
+
+
+def run_all(arms, seeds, budget, data, root: Path, finetune_epochs: int | None) -> dict[str, list[dict]]:
+    """Every arm on every seed (finished searches are read back), each selected encoder finetuned unless
+    `finetune_epochs` is None."""
+    runs: dict[str, list[dict]] = {a: [] for a in arms}
+    for seed in seeds:
+        for name in arms:
+            arm = ARMS[name]
+            extra = None
+            if arm.warm_from:  # the source: the same arm's search on the next seed (run here if needed)
+                src_seed = seed + 1000
+                src = root / f"{arm.warm_from}-{src_seed}"
+                run_search(arm.warm_from, src_seed, budget, data, src)
+                extra = {"warm_start": (str(src),)}
+            rec = run_search(arm, seed, budget, data, root / f"{name}-{seed}", extra_options=extra)
+            if finetune_epochs is not None:
+                rec["finetune"] = finetune_selected(rec, data, root, finetune_epochs)
+            runs[name].append(rec)
+            print(
+                f"bench: {name} seed {seed}: best train_loss {rec['best']}, {rec['trial_epochs']} trial-epochs, "
+                f"{rec['failed']} failed, top-1 {(rec.get('finetune') or {}).get('top1')} ({rec['wall_s']} s)",
+                flush=True,
+            )
+    return runs
+
+
+def finetune_selected(rec: dict, data, root: Path, epochs: int) -> dict | None:
+    from benchmarks.search.downstream import finetune_top1
+
+    sel = rec["selected"]
+    if sel is None:
+        return None
+    return finetune_top1(
+        sel["checkpoint"], data, root / f"{rec['arm']}-{rec['seed']}-finetune", epochs=epochs
+    )
+
+
+def finetune_all(arms, seeds, data, root: Path, epochs: int) -> None:
+    """The finetune phase: each search's selected encoder as soon as the search has finished."""
+    from benchmarks.search.harness import finished, record_of
+
+    todo = [(name, seed) for seed in seeds for name in arms]
+    while todo:
+        ready = [(n, s) for n, s in todo if finished(root / f"{n}-{s}")]
+        if not ready:
+            time.sleep(10)
+            continue
+        for name, seed in ready:
+            rec = {**record_of(root / f"{name}-{seed}"), "arm": name, "seed": seed}
+            ft = finetune_selected(rec, data, root, epochs)
+            print(f"bench: finetuned {name} seed {seed}: {ft}", flush=True)
+            todo.remove((name, seed))
+
+
+def summarize(runs, args, budget: Budget, seconds: float) -> dict:
+    arms = list(runs)
+    figures: dict = {"downstream": report.downstream(runs, arms)}
+    for arm in arms:
+        if arm != "tao" and "tao" in runs:
+            figures.setdefault("trial_epochs_to_tao_best", {})[arm] = report.time_to_tao(runs, arm)
+        if arm != "ours" and "ours" in runs:
+            figures.setdefault("equal_trial_epochs", {})[arm] = report.equal_epochs(runs, arm)
+    figures["best_train_loss"] = {
+        a: {"median": report.median([r["best"] for r in rs]), "per_seed": [r["best"] for r in rs]}
+        for a, rs in runs.items()
+    }
+    return {
+        "command": "python -m benchmarks.search " + " ".join(sys.argv[1:]),
+        "budget": {
+            "trials": budget.trials,
+            "epochs": budget.epochs,
+            "concurrent": budget.concurrent,
+            "finetune_epochs": args.finetune_epochs,
+        },
+        "arms": {a: ARMS[a].description for a in arms},
+        "seeds": sorted({r["seed"] for rs in runs.values() for r in rs}),
+        "wall_s": round(seconds, 1),
+        "figures": figures,
+        "runs": runs,
+    }
+
+
+def print_figures(out: dict) -> None:
+    f = out["figures"]
+    print("\nsearch benchmark:", json.dumps(out["budget"]))
+    for arm, d in f["downstream"]["per_arm"].items():
+        print(
+            f"  {arm:8} finetune top-1 median {d['median_top1']} ci95 {d['ci95']}; knn_acc {d['median_knn_acc']}"
+        )
+    for arm, d in f["downstream"]["vs"].items():
+        print(
+            f"  ours - {arm}: top-1 median diff {d['median_diff']} ci95 {d['ci95']}; ours >= {arm}: {d['ours_ge']}"
+        )
+    for arm, d in f.get("trial_epochs_to_tao_best", {}).items():
+        print(
+            f"  {arm} / tao trial-epochs to TAO's best: median {d['median_ratio']} ci95 {d['ci95']} ({d['reached']})"
+        )
+    for arm, d in f.get("equal_trial_epochs", {}).items():
+        print(f"  ours vs {arm} at equal trial-epochs: ours wins {d['ours_wins']}")
+
+
+def _finite(x):
+    """Strict JSON: an infinite count of trial-epochs (a target never reached) is written "inf"."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return "inf" if x > 0 else ("-inf" if x < 0 else None)
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Does train_loss (or knn_acc) predict what users get? Spearman of each with finetune top-1 on the test split.
+
+    python -m benchmarks.search.correlation --runs DIR [--epochs 2] [--configs 40] [--finetune-epochs 3]
+
+The configurations are the trials of the benchmark's searches (`python -m benchmarks.search --out DIR`) that
+trained the full `--epochs` with a finite loss: TAO's arm trains every trial to the end over its own space,
+ours and random contribute the trials ASHA let finish in the curated space, so both spaces are covered at
+the same training length. Up to --configs of them (every arm in turn, in a seeded order) have their final
+encoder (last.ckpt) finetuned with the benchmark's one recipe (benchmarks.search.downstream), cached in DIR.
+Written: benchmarks/results/correlation.json with each configuration, both Spearman coefficients and their
+bootstrap 95% intervals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from benchmarks.search.harness import finished, record_of  # noqa: E402
+
+
+def full_length_trials(root: Path, epochs: int) -> list[dict]:
+    """Every trial of every finished search under `root` that trained `epochs` epochs with a finite loss."""
+    out = []
+    for exp in sorted(p.parent for p in root.glob("*/automl")):
+        if not finished(exp):
+            continue
+        arm = exp.name.rsplit("-", 1)[0]
+        for t in record_of(exp)["trials"]:
+            losses = t["train_loss"]
+            if len(losses) == epochs and losses[-1] is not None:
+                ckpt = t["last_checkpoint"]
+                if ckpt is not None:
+                    out.append(
+                        {
+                            "arm": arm,
+                            "experiment": exp.name,
+                            "trial_id": t["trial_id"],
+                            "config": t["config"],
+                            "train_loss": losses[-1],
+                            "knn_acc": t["knn_acc"][-1] if t["knn_acc"] else None,
+                            "checkpoint": ckpt,
+                        }
+                    )
+    return out
+
+
+def pick(trials: list[dict], n: int, seed: int = 0) -> list[dict]:
+    """Up to n trials, every arm in turn (each arm's trials in a seeded order), so both spaces are covered."""
+    rng = np.random.default_rng(seed)
+    by_arm: dict[str, list[dict]] = {}
+    for t in trials:
+        by_arm.setdefault(t["arm"], []).append(t)
+    queues = {a: [ts[i] for i in rng.permutation(len(ts))] for a, ts in sorted(by_arm.items())}
+    out: list[dict] = []
+    while len(out) < n and any(queues.values()):
+        for q in queues.values():
+            if q and len(out) < n:
+                out.append(q.pop(0))
+    return out
+
+
+def spearman(x: list[float], y: list[float], *, n_boot: int = 5000) -> dict:
+    """Spearman's rho with a 95% bootstrap interval (pairs resampled)."""
+    from scipy.stats import spearmanr
+
+    xs, ys = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(xs) & np.isfinite(ys)
+    xs, ys = xs[ok], ys[ok]
+    if len(xs) < 3:
+        return {"rho": None, "ci95": None, "n": int(len(xs))}
+    rho = float(spearmanr(xs, ys).statistic)
+    rng = np.random.default_rng(0)
+    boots = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(xs), len(xs))
+        if np.ptp(xs[i]) > 0 and np.ptp(ys[i]) > 0:
+            boots.append(spearmanr(xs[i], ys[i]).statistic)
+    return {
+        "rho": rho,
+        "ci95": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))],
+        "n": int(len(xs)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.search.downstream import finetune_top1
+
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.search.correlation", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--runs", required=True, help="the benchmark's --out folder")
+    p.add_argument(
+        "--epochs", type=int, required=True, help="the benchmark's --epochs (full training length)"
+    )
+    p.add_argument("--configs", type=int, default=40)
+    p.add_argument("--finetune-epochs", type=int, default=10)
+    p.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "correlation.json"))
+    args = p.parse_args(argv)
+    from mae.cli import setup_logging
+    from mae.data.digits import build_digits_dataset
+    from mae.fileio import atomic_write_text
+
+    setup_logging()
+    t0 = time.time()
+    root = Path(args.runs).resolve()
+    data = build_digits_dataset(root / "data")
+    chosen = pick(full_length_trials(root, args.epochs), args.configs)
+    for c in chosen:
+        ft = finetune_top1(
+            c["checkpoint"],
+            data,
+            root / "correlation" / f"{c['experiment']}-{c['trial_id']}",
+            epochs=args.finetune_epochs,
+        )
+        c["top1"] = ft["top1"]
+        print(
+            f"correlation: {c['experiment']} {c['trial_id']} loss {c['train_loss']:.4f} top-1 {c['top1']:.3f}",
+            flush=True,
+        )
+    top1 = [c["top1"] for c in chosen]
+    out = {
+        "command": "python -m benchmarks.search.correlation " + " ".join(sys.argv[1:]),
+        "epochs": args.epochs,
+        "finetune_epochs": args.finetune_epochs,
+        "configs": len(chosen),
+        "per_arm": {a: sum(c["arm"] == a for c in chosen) for a in sorted({c["arm"] for c in chosen})},
+        # lower loss = better: a useful objective has a NEGATIVE rho with top-1; knn_acc a POSITIVE one
+        "spearman_train_loss_vs_top1": spearman([c["train_loss"] for c in chosen], top1),
+        "spearman_knn_acc_vs_top1": spearman(
+            [c["knn_acc"] if c["knn_acc"] is not None else np.nan for c in chosen], top1
+        ),
+        "wall_s": round(time.time() - t0, 1),
+        "configurations": chosen,
+    }
+    for name in ("ours", "tao"):
+        sub = [c for c in chosen if c["arm"] == name]
+        if len(sub) >= 3:
+            out[f"spearman_train_loss_vs_top1_{name}_space"] = spearman(
+                [c["train_loss"] for c in sub], [c["top1"] for c in sub]
+            )
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(args.json), json.dumps(out, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in out.items() if k.startswith("spearman")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Figures from the benchmark's records: medians over seeds with bootstrap 95% intervals, and the PNG.
+
+(a) trial-epochs until an arm first reaches the TAO arm's final best, as a ratio arm / TAO per seed
+(b) best train_loss at equal trial-epochs (the shorter of the two curves), arm vs ours: seeds ours wins
+(c) median best-so-far curves with interquartile bands, one line per arm (PNG)
+(d) finetune top-1 of each arm's selected encoder: median, the bootstrap interval of ours minus each
+    other arm (paired by seed), and seeds where ours >= the other arm
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def bootstrap_median(values: Sequence[float], *, n: int = 10_000, seed: int = 0) -> list[float] | None:
+    """95% percentile-bootstrap interval of the median (None when there is nothing to resample)."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    if len(v) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    meds = np.median(v[rng.integers(0, len(v), size=(n, len(v)))], axis=1)
+    return [float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))]
+
+
+def median(values: Sequence[float | None]) -> float | None:
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    return statistics.median(v) if v else None
+
+
+def epochs_to(curve: Sequence[float | None], target: float | None) -> float:
+    """Trial-epochs until the curve first reaches `target` (inf when it never does)."""
+    if target is None:
+        return math.inf
+    for i, best in enumerate(curve, start=1):
+        if best is not None and best <= target:
+            return float(i)
+    return math.inf
+
+
+def at_equal_epochs(
+    a: Sequence[float | None], b: Sequence[float | None]
+) -> tuple[float | None, float | None]:
+    """Both curves' best after the same number of trial-epochs (the shorter curve's length)."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return None, None
+    return a[n - 1], b[n - 1]
+
+
+def time_to_tao(runs: dict[str, list[dict]], arm: str) -> dict[str, Any]:
+    """Figure (a) for one arm: per seed, trial-epochs to TAO's final best (inf: never) and the ratio arm/TAO;
+    the median ratio over seeds, counting a never-reached target as an infinite ratio, with its interval."""
+    per_seed = []
+    for r_arm, r_tao in _paired(runs, arm, "tao"):
+        target = r_tao["best"]
+        e_arm, e_tao = epochs_to(r_arm["curve"], target), epochs_to(r_tao["curve"], target)
+        ratio = e_arm / e_tao if math.isfinite(e_tao) else None
+        per_seed.append(
+            {"seed": r_arm["seed"], "target": target, "epochs": e_arm, "tao_epochs": e_tao, "ratio": ratio}
+        )
+    ratios = [p["ratio"] for p in per_seed if p["ratio"] is not None]
+    finite_ratios = [x for x in ratios if math.isfinite(x)]
+    med = statistics.median(ratios) if ratios else None
+    return {
+        "per_seed": per_seed,
+        "median_ratio": med,
+        "ci95": _bootstrap_with_inf(ratios),
+        "reached": f"{len(finite_ratios)} of {len(per_seed)}",
+    }
+
+
+def _bootstrap_with_inf(values: Sequence[float], n: int = 10_000) -> list[float] | None:
+    """Bootstrap of a median that may be infinite (a target never reached): inf is a valid order statistic."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return None
+    rng = np.random.default_rng(0)
+    meds = np.sort(v[rng.integers(0, len(v), size=(n, len(v)))], axis=1)[:, (len(v) - 1) // 2]  # lower median
+    return [
+        float(np.percentile(meds, 2.5, method="nearest")),
+        float(np.percentile(meds, 97.5, method="nearest")),
+    ]
+
+
+def equal_epochs(runs: dict[str, list[dict]], arm: str, base: str = "ours") -> dict[str, Any]:
+    """Figure (b): best train_loss of `base` and `arm` after the same trial-epochs; seeds `base` wins."""
+    per_seed, wins = [], 0
+    for r_base, r_arm in _paired(runs, base, arm):
+        a, b = at_equal_epochs(r_base["curve"], r_arm["curve"])
+        won = a is not None and (b is None or a < b)
+        wins += won
+        per_seed.append(
+            {
+                "seed": r_base["seed"],
+                base: a,
+                arm: b,
+                "trial_epochs": min(len(r_base["curve"]), len(r_arm["curve"])),
+            }
+        )
+    return {"per_seed": per_seed, f"{base}_wins": f"{wins} of {len(per_seed)}"}
+
+
+def downstream(runs: dict[str, list[dict]], arms: Sequence[str], base: str = "ours") -> dict[str, Any]:
+    """Figure (d): the selected encoders' finetune top-1 (and knn_acc) per arm, ours minus each other arm."""
+    out: dict[str, Any] = {"per_arm": {}, "vs": {}}
+    for arm in arms:
+        top1 = [_top1(r) for r in runs.get(arm, [])]
+        knn = [(r.get("selected") or {}).get("knn_acc") for r in runs.get(arm, [])]
+        out["per_arm"][arm] = {
+            "top1": top1,
+            "median_top1": median(top1),
+            "ci95": bootstrap_median([x for x in top1 if x is not None]),
+            "knn_acc": knn,
+            "median_knn_acc": median(knn),
+        }
+    for arm in arms:
+        if arm == base:
+            continue
+        diffs, ge = [], 0
+        for r_base, r_arm in _paired(runs, base, arm):
+            a, b = _top1(r_base), _top1(r_arm)
+            if a is None or b is None:
+                continue
+            diffs.append(a - b)
+            ge += a >= b
+        out["vs"][arm] = {
+            "diff": diffs,
+            "median_diff": median(diffs),
+            "ci95": bootstrap_median(diffs),
+            f"{base}_ge": f"{ge} of {len(diffs)}",
+        }
+    return out
+
+
+def _top1(r: dict) -> float | None:
+    """Top-1 of the selected encoder; a search that selected none (every trial failed) hands over nothing, so
+    the user's classifier is at chance: 0.1 on ten balanced classes."""
+    ft = r.get("finetune")
+    if ft is None:
+        return 0.1 if r.get("selected") is None else None
+    return ft.get("top1")
+
+
+def _paired(runs: dict[str, list[dict]], a: str, b: str) -> list[tuple[dict, dict]]:
+    by_seed = {r["seed"]: r for r in runs.get(b, [])}
+    return [(r, by_seed[r["seed"]]) for r in runs.get(a, []) if r["seed"] in by_seed]
+
+
+def plot_curves(runs: dict[str, list[dict]], path: Path, title: str) -> None:
+    """Figure (c): median best-so-far train_loss per trial-epoch, interquartile band, one line per arm.
+    A seed's curve is carried flat past its end (a search that stopped early has spent less)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arm, rs in runs.items():
+        curves = [r["curve"] for r in rs if r["curve"]]
+        if not curves:
+            continue
+        n = max(len(c) for c in curves)
+        m = np.full((len(curves), n), np.nan)
+        for i, c in enumerate(curves):
+            vals = [np.nan if x is None else x for x in c]
+            vals += [vals[-1]] * (n - len(vals))
+            m[i] = vals
+        x = np.arange(1, n + 1)
+        with np.errstate(all="ignore"):
+            lo, med, hi = (np.nanpercentile(m, q, axis=0) for q in (25, 50, 75))
+        ax.plot(x, med, label=f"{arm} ({len(curves)} seeds)")
+        ax.fill_between(x, lo, hi, alpha=0.2)
+    ax.set_xlabel("trial-epochs spent")
+    ax.set_ylabel("best train_loss so far (median, IQR band)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

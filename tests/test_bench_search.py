@@ -1,0 +1,150 @@
+"""The search benchmark (benchmarks/search): its statistics, the TAO arm's faithful mechanics, and a --quick run
+that checks the harness end to end (every arm and seed, the anytime curves, the downstream figures), not the
+result."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO))
+
+from benchmarks.search import report  # noqa: E402
+from benchmarks.search.arms import TAO_SPACE, tao_ignored_settings, untied_warmup  # noqa: E402
+
+
+def test_epochs_to_target_and_equal_epochs():
+    curve = [None, 0.9, 0.7, 0.7, 0.5]
+    assert report.epochs_to(curve, 0.7) == 3
+    assert report.epochs_to(curve, 0.4) == math.inf
+    assert report.at_equal_epochs(curve, [0.8, 0.6]) == (0.9, 0.6)
+
+
+def test_time_to_tao_counts_a_target_never_reached_as_infinite():
+    runs = {
+        "tao": [{"seed": 0, "best": 0.6, "curve": [0.9, 0.6]}, {"seed": 1, "best": 0.5, "curve": [0.5]}],
+        "ours": [
+            {"seed": 0, "best": 0.55, "curve": [0.7, 0.65, 0.55]},
+            {"seed": 1, "best": 0.6, "curve": [0.6]},
+        ],
+    }
+    out = report.time_to_tao(runs, "ours")
+    assert [p["ratio"] for p in out["per_seed"]] == [1.5, math.inf]
+    assert out["median_ratio"] == math.inf and out["reached"] == "1 of 2"
+
+
+def test_downstream_pairs_by_seed_and_counts_a_failed_search_at_chance():
+    runs = {
+        "ours": [
+            {"seed": s, "selected": {"knn_acc": 0.4}, "finetune": {"top1": 0.6 + s / 100}} for s in range(4)
+        ],
+        "tao": [{"seed": 0, "selected": None}]
+        + [{"seed": s, "selected": {}, "finetune": {"top1": 0.7}} for s in (1, 2, 3)],
+    }
+    d = report.downstream(runs, ["ours", "tao"])
+    assert d["per_arm"]["tao"]["top1"] == [0.1, 0.7, 0.7, 0.7]
+    assert d["vs"]["tao"]["ours_ge"] == "1 of 4"
+    lo, hi = d["vs"]["tao"]["ci95"]
+    assert lo <= d["vs"]["tao"]["median_diff"] <= hi
+
+
+def test_bootstrap_interval_contains_the_median_and_narrows_with_data():
+    few = report.bootstrap_median([0.1, 0.5, 0.9])
+    many = report.bootstrap_median([0.1, 0.5, 0.9] * 30)
+    assert few[0] <= 0.5 <= few[1] and many[0] <= 0.5 <= many[1]
+    assert many[1] - many[0] < few[1] - few[0]
+
+
+def test_tao_arm_searches_momentum_and_backbone_multiplier_without_effect():
+    """TAO's AdamW ignores both: the callback puts the spec's values back before the optimizer is built."""
+    from mae.engine.modules import PretrainModule, build_optimizer
+    from mae.models import build_mae
+    from mae.spec import load_spec
+
+    cfg = load_spec(
+        None,
+        [
+            "model.arch=vit_micro_patch4",
+            "dataset.augmentation.input_size=32",
+            "train.optim.lr=0.01",
+            "train.optim.momentum=0.3",
+            "train.optim.backbone_multiplier=0.2",
+        ],
+    )
+    module = PretrainModule(cfg, build_mae(cfg.model.arch), {})
+    tao_ignored_settings(cfg).setup(None, module, "fit")
+    opt, _ = build_optimizer(module.cfg, module.model, total_steps=4, num_epochs=1)
+    assert {g["betas"] for g in opt.param_groups} == {(0.9, 0.95)}
+    assert {g["lr"] for g in opt.param_groups} == {0.01}  # no encoder multiplier
+    assert cfg.train.optim.momentum == 0.3  # the trial's record keeps the searched value
+
+
+def test_tao_arm_warmup_is_not_tied_to_num_epochs(tmp_path):
+    from automl.plan import plan_search
+
+    space_file = tmp_path / "tao.yaml"
+    space_file.write_text(TAO_SPACE)
+    overrides = ["num_epochs=3", "dataset.train_data_sources=/x", "model.arch=vit_micro_patch4"]
+    tied = plan_search(None, overrides, space_file=space_file)
+    with untied_warmup(True):
+        untied = plan_search(None, overrides, space_file=space_file)
+    warm = "train.optim.warmup_epochs"
+    assert tied.space.domain(tied.space[warm], {}).highest() == 2
+    assert untied.space.domain(untied.space[warm], {}).highest() == 100
+    assert sorted(untied.space.names) == sorted(
+        [
+            "train.optim.lr",
+            "train.optim.weight_decay",
+            "train.optim.momentum",
+            "train.optim.backbone_multiplier",
+            warm,
+        ]
+    )
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_every_arm_seed_curve_and_downstream_figure(tmp_path):
+    out = tmp_path / "search.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.search",
+            "--quick",
+            "--out",
+            str(tmp_path / "runs"),
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert set(res["runs"]) == {"ours", "tao", "random"} and res["seeds"] == [0, 1]
+    for arm, runs in res["runs"].items():
+        assert [r["seed"] for r in runs] == [0, 1]
+        for r in runs:
+            assert len(r["curve"]) == r["trial_epochs"] >= 1, (arm, r)
+            finite = [x for x in r["curve"] if x is not None]
+            assert finite == sorted(finite, reverse=True)  # best so far never rises
+            if r["selected"] is not None:
+                assert 0.0 <= r["finetune"]["top1"] <= 1.0
+                assert r["selected"]["train_loss"] == r["best"]
+    f = res["figures"]
+    assert set(f["downstream"]["per_arm"]) == {"ours", "tao", "random"}
+    assert set(f["downstream"]["vs"]) == {"tao", "random"}
+    assert set(f["trial_epochs_to_tao_best"]) == {"ours", "random"}
+    assert set(f["equal_trial_epochs"]) == {"tao", "random"}
+    assert (tmp_path / "search_curves.png").stat().st_size > 1000
