@@ -30,6 +30,7 @@ def finish(search, *, redeploy: bool) -> dict[str, Any]:
         from automl.multi_objective import front_summary
 
         front = front_summary(state, goals, [r["name"] for r in exp.get("rounds", [])])
+        front["refused"] = _read_list(files.refused)  # proposals that never became trials
         picked = front["picked"]
         best = state["trials"].get(picked) if picked else None
     else:
@@ -78,3 +79,12 @@ def finish(search, *, redeploy: bool) -> dict[str, Any]:
     tracker.finish_parent(summary, files, plots)
     print(format_summary(summary))
     return summary
+
+
+def _read_list(path) -> list:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []

@@ -162,13 +162,76 @@ def constraint_values(constraints: Sequence[Constraint], result: Mapping[str, An
     return out
 
 
-def make_constrained_search(constraints: Sequence[Constraint], metrics: Sequence[str], **kwargs):
-    """Ray Tune's OptunaSearch that also gives Optuna each trial's constraint values (so constrained TPE ranks
-    infeasible configurations after feasible ones) and tells a multi-objective study a trial that reported
-    no objective (refused before training, or failed early) as pruned rather than as a broken complete trial."""
+class Feasibility:
+    """Refuses a proposed configuration whose shape's deploy metrics already break a constraint, before it
+    becomes a trial; keeps the refusals (with their reasons) in `path` for the summary. Picklable."""
+
+    MAX_REFUSALS = (
+        200  # proposals refused in a row before the searcher gives up (the trial then refuses itself)
+    )
+
+    def __init__(
+        self, goals: Goals, deploy: Mapping[str, Mapping[str, float]], arch: str, input_size: int, path
+    ):
+        self.goals, self.deploy = goals, dict(deploy)
+        self.arch, self.input_size, self.path = arch, int(input_size), str(path)
+
+    def reason(self, config: Mapping[str, Any]) -> tuple[float, str | None, dict]:
+        key = shape_key(config.get(ARCH, self.arch), config.get(INPUT_SIZE, self.input_size))
+        metrics = dict(self.deploy.get(key) or {})
+        violation, why = self.goals.before_training(metrics) if metrics else (0.0, None)
+        return violation, why, metrics
+
+    def record(self, config: Mapping[str, Any], reason: str, metrics: Mapping[str, float]) -> None:
+        import json
+        from pathlib import Path
+
+        from mae.fileio import atomic_write_json
+
+        path = Path(self.path)
+        try:
+            refused = json.loads(path.read_text())
+        except (OSError, ValueError):
+            refused = []
+        refused.append({"config": dict(config), "reason": reason, "deploy": dict(metrics)})
+        atomic_write_json(path, refused)
+
+
+def make_constrained_search(
+    constraints: Sequence[Constraint],
+    metrics: Sequence[str],
+    feasibility: Feasibility | None = None,
+    **kwargs,
+):
+    """Ray Tune's OptunaSearch that (1) refuses, at proposal time, configurations whose deploy metrics break a
+    constraint (Optuna is told they are infeasible and asked again, so they never become trials), (2) gives
+    Optuna each finished trial's constraint values (constrained TPE ranks infeasible configurations after
+    feasible ones), and (3) tells a multi-objective study a trial that reported no objective as pruned rather
+    than as a broken complete trial."""
+    from optuna.trial import TrialState
     from ray.tune.search.optuna import OptunaSearch
 
     class ConstrainedOptunaSearch(OptunaSearch):
+        def suggest(self, trial_id: str):
+            config = super().suggest(trial_id)
+            if feasibility is None:
+                return config
+            for _ in range(Feasibility.MAX_REFUSALS):
+                if not isinstance(config, dict):
+                    return config
+                violation, reason, deploy = feasibility.reason(config)
+                if reason is None:
+                    return config
+                ot_trial = self._ot_trials.pop(trial_id)
+                for key, value in constraint_values(
+                    constraints, {**deploy, INFEASIBLE: 1.0, VIOLATION: violation}
+                ).items():
+                    ot_trial.set_constraint(key, value)
+                self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+                feasibility.record(config, reason, deploy)
+                config = super().suggest(trial_id)
+            return config
+
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
             ot_trial = self._ot_trials.get(trial_id)
             if ot_trial is not None and trial_id not in self._completed_trials and result:

@@ -140,7 +140,8 @@ def pareto_lines(summary: Mapping[str, Any]) -> list[str]:
         f"automl: Pareto front of {', '.join(goals.get('objectives', []))}"
         + (f" under {', '.join(goals['constraints'])}" if goals.get("constraints") else "")
         + f": {len(summary['pareto'])} trials, hypervolume {summary.get('hypervolume', 0):.4g}"
-        + f" ({len(summary.get('infeasible') or {})} infeasible)"
+        + f" ({len(summary.get('infeasible') or {})} infeasible trials, {len(summary.get('refused') or [])} "
+        "configurations refused before training)"
     ]
     for entry in summary["pareto"]:
         values = ", ".join(f"{k}={_fmt(v)}" for k, v in entry["values"].items())

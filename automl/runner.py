@@ -52,7 +52,7 @@ from automl.experiment import (
 )
 from automl.finish import finish
 from automl.ledger import Ledger, make_ledger_callback, make_stopper
-from automl.multi_objective import make_constrained_search, profile_shapes
+from automl.multi_objective import Feasibility, make_constrained_search, profile_shapes
 from automl.options import SearchOptions
 from automl.plan import ResolvedSpec, SearchPlan, absolute_overrides, max_epochs, preflight_data
 from automl.ray_session import (
@@ -143,6 +143,7 @@ class Search:
     max_epochs: int
     fingerprint: str
     warm: WarmStart | None = None  # earlier experiments' trials for a new study (--warm-start)
+    deploy: dict = dataclasses.field(default_factory=dict)  # shape -> deploy metrics (measured before Ray)
 
 
 def _prepare(spec, overrides: list[str], options: SearchOptions, decision) -> Search:
@@ -315,7 +316,8 @@ def _run_search(search: Search, exp: dict[str, Any] | None) -> None:
     ):  # a trial refused before training reports its deploy metrics, not the objective
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     if plan.goals.needs_deploy:  # before Ray and before any trial: nothing else on the CPU while timing
-        deploy = profile_shapes(plan.goals, plan, files.root / "deploy_profile.json")
+        deploy = profile_shapes(plan.goals, plan, files.deploy_profile)
+    search.deploy = deploy
     session = start_ray(options, options.max_concurrent or 10_000)
     interrupted = False
     try:
@@ -524,8 +526,12 @@ def _search_algorithm(r: dict[str, Any], search: Search, session: RaySession) ->
         study_name="automl",
     )
     if goals.several or goals.constraints:
+        cfg = plan.config
+        feasible = Feasibility(
+            goals, search.deploy, cfg.model.arch, cfg.dataset.augmentation.input_size, files.refused
+        )
         searcher = make_constrained_search(
-            goals.constraints, goals.metrics if goals.multi else [plan.metric], **kwargs
+            goals.constraints, goals.metrics if goals.multi else [plan.metric], feasible, **kwargs
         )
     else:
         searcher = OptunaSearch(**kwargs)

@@ -105,6 +105,15 @@ class ExperimentLayout:
         return self.root / "mlflow_runs.json"
 
     @property
+    def refused(self) -> Path:
+        """Configurations refused before they became trials (they break a deploy constraint)."""
+        return self.root / "refused.json"
+
+    @property
+    def deploy_profile(self) -> Path:
+        return self.root / "deploy_profile.json"
+
+    @property
     def default_storage(self) -> Path:
         return self.root / "ray"
 

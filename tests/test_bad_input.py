@@ -16,16 +16,7 @@ import yaml
 from mae.cli import main as mae_main
 from mae.data import s3 as s3mod
 from tests.data_fixtures import image_bytes, write_truncated_jpeg
-
-TINY = [
-    "model.arch=vit_tiny_patch4",
-    "image_size=32",
-    "model.decoder_depth=1",
-    "model.decoder_embed_dim=64",
-    "dataset.augmentation.hflip=0.0",
-    "dataset.augmentation.min_scale=0.5",
-    "dataset.augmentation.max_scale=1.0",
-]
+from tests.test_engine_train import TINY  # setup lists after it set the workers
 
 
 def run(argv, capsys) -> tuple[int, list[str]]:

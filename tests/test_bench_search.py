@@ -49,10 +49,12 @@ def test_downstream_pairs_by_seed_and_counts_a_failed_search_at_chance():
         + [{"seed": s, "selected": {}, "finetune": {"top1": 0.7}} for s in (1, 2, 3)],
     }
     d = report.downstream(runs, ["ours", "tao"])
-    assert d["per_arm"]["tao"]["top1"] == [0.1, 0.7, 0.7, 0.7]
-    assert d["vs"]["tao"]["ours_ge"] == "1 of 4"
-    lo, hi = d["vs"]["tao"]["ci95"]
-    assert lo <= d["vs"]["tao"]["median_diff"] <= hi
+    assert d["per_arm"]["tao"]["finetune_top1"] == [0.1, 0.7, 0.7, 0.7]
+    assert d["per_arm"]["ours"]["probe_top1"] == [None] * 4  # not measured: left out, never invented
+    vs = d["vs"]["tao"]["finetune_top1"]
+    assert vs["ours_ge"] == "1 of 4"
+    lo, hi = vs["ci95"]
+    assert lo <= vs["median_diff"] <= hi
 
 
 def test_bootstrap_interval_contains_the_median_and_narrows_with_data():
@@ -141,6 +143,7 @@ def test_quick_benchmark_writes_every_arm_seed_curve_and_downstream_figure(tmp_p
             assert finite == sorted(finite, reverse=True)  # best so far never rises
             if r["selected"] is not None:
                 assert 0.0 <= r["finetune"]["top1"] <= 1.0
+                assert 0.0 <= r["probe"]["probe_top1"] <= 1.0
                 assert r["selected"]["train_loss"] == r["best"]
     f = res["figures"]
     assert set(f["downstream"]["per_arm"]) == {"ours", "tao", "random"}
@@ -148,3 +151,17 @@ def test_quick_benchmark_writes_every_arm_seed_curve_and_downstream_figure(tmp_p
     assert set(f["trial_epochs_to_tao_best"]) == {"ours", "random"}
     assert set(f["equal_trial_epochs"]) == {"tao", "random"}
     assert (tmp_path / "search_curves.png").stat().st_size > 1000
+
+
+def test_candidate_sampler_changes_only_tpe_and_keeps_the_startup_trials():
+    import automl.runner as runner
+    from benchmarks.search.arms import candidate_sampler
+
+    plain = runner.make_sampler("tpe", 0, 12)
+    with candidate_sampler({"multivariate": True, "group": True, "constant_liar": True}):
+        cand = runner.make_sampler("tpe", 0, 12)
+        rand = runner.make_sampler("random", 0, 12)
+    assert cand._multivariate and cand._group and cand._constant_liar
+    assert not plain._multivariate and cand._n_startup_trials == plain._n_startup_trials == 4
+    assert type(rand).__name__ == "RandomSampler"
+    assert not runner.make_sampler("tpe", 0, 12)._multivariate  # restored

@@ -300,6 +300,15 @@ def test_batch_augment_channels_last_and_dtype():
     assert torch.allclose(out, (x.float() / 255 - 0.5) / 0.25, atol=1e-5)
     with pytest.raises(TypeError):
         BatchAugment([0.5] * 3, [0.25] * 3, size=8)(out)
+    # reuse_output (the engine on the CPU): one buffer, overwritten by the next batch; fresh tensors otherwise
+    reuse = BatchAugment([0.5] * 3, [0.25] * 3, size=8, reuse_output=True)
+    first = reuse(x)
+    second = reuse(torch.zeros_like(x))
+    assert second.data_ptr() == first.data_ptr() and torch.equal(first, second)
+    fresh = BatchAugment([0.5] * 3, [0.25] * 3, size=8)
+    kept = fresh(x)
+    assert torch.allclose(fresh(torch.zeros_like(x)), torch.full_like(kept, -2.0))
+    assert torch.allclose(kept, (x.float() / 255 - 0.5) / 0.25, atol=1e-5)  # not overwritten
 
 
 def test_stored_resized_crop_handles_extreme_ratios():
@@ -354,3 +363,29 @@ def test_training_with_the_store_decodes_once_and_matches_training_without(
     assert len(off_decodes) == n and set(off_decodes.values()) == {3}  # every image at every epoch
     a, b = on.metrics["train_loss"], off.metrics["train_loss"]
     assert abs(a - b) / b < 0.15, (a, b)  # the same loss band: only the augmentation draws differ
+
+
+def test_engine_pipeline_picks_the_device_path_only_where_it_can(tmp_path, digits_small):
+    """training_pipeline: crops resized on the GPU for stored images without per-image PIL operations (MAE
+    pretraining), in the workers otherwise; either way the loader yields what BatchAugment finishes."""
+    from mae.engine.data import make_loader, ssl_dataset, training_pipeline, use_decoded_store
+    from mae.spec import load_spec
+
+    base = [f"results_dir={tmp_path}", "image_size=32", "dataset.num_workers_per_gpu=0", "batch_size=8"]
+    cfg = load_spec(None, base)
+    on_gpu = training_pipeline(cfg, cuda=True)
+    assert "on the GPU" in on_gpu.description and on_gpu.collate_fn is collate_regions
+    ds = use_decoded_store(ssl_dataset(str(digits_small["train"]), "k", on_gpu.transform), cfg)
+    regions, _ = next(iter(make_loader(ds, cfg, train=True, collate_fn=on_gpu.collate_fn)))
+    assert isinstance(regions, Regions) and regions.pixels.dtype == torch.uint8
+    out = on_gpu.batch_augment(regions)  # here on CPU tensors; on CUDA after the copy to the device
+    assert out.shape == (8, 3, 32, 32) and out.dtype == torch.float32
+    for overrides, where in [
+        ([], "in the loader workers"),  # no CUDA
+        (["dataset.augmentation.color_jitter=0.2"], "in the loader workers"),  # a PIL op follows the crop
+        (["dataset.store=false"], "image files"),
+    ]:
+        pipeline = training_pipeline(load_spec(None, base + overrides), cuda=bool(overrides))
+        assert where in pipeline.description and pipeline.collate_fn is None
+    finetune = training_pipeline(load_spec(None, [*base, "stage=finetune", "num_classes=10"]), cuda=True)
+    assert "in the loader workers" in finetune.description  # auto_aug (RandAugment) runs on PIL images

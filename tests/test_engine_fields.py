@@ -32,6 +32,9 @@ COVERED = {
     "dataset.train_data_sources": "test_short_run_fields",
     "dataset.val_data_sources": "test_short_run_fields",
     "dataset.test_data_sources": "test_engine_train.py::test_pretrain_then_finetune_on_digits",
+    "dataset.store": "test_data_store.py::test_training_with_the_store_decodes_once_and_matches_training_without",
+    "dataset.store_short_side": "test_data_store.py::test_training_with_the_store_decodes_once_and_matches_"
+    "training_without",
     "model.arch": "test_network_fields",
     "model.num_classes": "test_network_fields",
     "model.drop_path_rate": "test_network_fields",
@@ -58,6 +61,7 @@ COVERED = {
     "train.mask_ratio": "test_network_fields",
     "train.norm_pix_loss": "test_network_fields",
     "train.freeze": "test_short_run_fields",
+    "train.compile": "test_engine_speed.py::test_train_compile_field_trains",
     "train.optim.type": "test_optimizer_fields",
     "train.optim.monitor_name": "test_short_run_fields",
     "train.optim.lr": "test_optimizer_fields",

@@ -36,14 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrent", type=int, default=2)
     p.add_argument("--finetune-epochs", type=int, default=10)
     p.add_argument("--arms", nargs="+", default=["ours", "tao", "random"], choices=sorted(ARMS))
-    p.add_argument("--out", default="bench_search_results", help="experiments folder (kept; resumable)")
+    p.add_argument("--out", default="results/bench_search", help="experiments folder (kept; resumable)")
     p.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "search.json"))
     p.add_argument(
         "--phase",
-        choices=("all", "search", "finetune"),
+        choices=("all", "search", "finetune", "probe", "report"),
         default="all",
-        help="search: only the searches; finetune: only the finetunes, waiting for each search to finish (run "
-        "beside a search phase); all: both, then the JSON (finished work is read back)",
+        help="search: only the searches; finetune / probe: the selected encoders' finetunes and probes, or "
+        "only their probes, each as soon as its search has finished (run beside a search phase); report: the "
+        "JSON and PNG from finished work, training nothing; all: everything, then the JSON",
     )
     p.add_argument("--png", default=None, help="curves PNG (default: beside the JSON, <name>_curves.png)")
     args = p.parse_args(argv)
@@ -61,13 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / f'mlflow-{args.phase}.db'}")
     budget = Budget(args.trials, args.epochs, args.concurrent)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    if args.phase == "finetune":
-        finetune_all(args.arms, seeds, data, root, args.finetune_epochs)
+    if args.phase in ("finetune", "probe"):
+        finetune_all(args.arms, seeds, data, root, args.finetune_epochs, probe_only=args.phase == "probe")
         return 0
-    start_ray(args.concurrent)
-    runs = run_all(
-        args.arms, seeds, budget, data, root, args.finetune_epochs if args.phase == "all" else None
-    )
+    if args.phase == "report":
+        runs = read_all(args.arms, seeds, data, root, args.finetune_epochs)
+    else:
+        start_ray(args.concurrent)
+        ft_epochs = args.finetune_epochs if args.phase == "all" else None
+        runs = run_all(args.arms, seeds, budget, data, root, ft_epochs)
     if args.phase == "search":
         return 0
     out = summarize(runs, args, budget, time.time() - t0)
@@ -75,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     png = Path(args.png) if args.png else json_path.with_name(json_path.stem + "_curves.png")
     out["png"] = str(png.relative_to(REPO) if png.is_relative_to(REPO) else png)
     report.plot_curves(
-        runs, png, f"MAE pretraining search, {args.trials} trials x {args.epochs} epochs, {len(seeds)} seeds"
+        runs,
+        png,
+        f"MAE pretraining search, {args.trials} trials x {args.epochs} epochs, {len(out['seeds'])} seeds",
     )
     from mae.fileio import atomic_write_text
 
@@ -101,6 +106,7 @@ def run_all(arms, seeds, budget, data, root: Path, finetune_epochs: int | None) 
                 extra = {"warm_start": (str(src),)}
             rec = run_search(arm, seed, budget, data, root / f"{name}-{seed}", extra_options=extra)
             if finetune_epochs is not None:
+                rec["probe"] = probe_selected(rec, data, root)
                 rec["finetune"] = finetune_selected(rec, data, root, finetune_epochs)
             runs[name].append(rec)
             print(
@@ -122,8 +128,37 @@ def finetune_selected(rec: dict, data, root: Path, epochs: int) -> dict | None:
     )
 
 
-def finetune_all(arms, seeds, data, root: Path, epochs: int) -> None:
-    """The finetune phase: each search's selected encoder as soon as the search has finished."""
+def read_all(arms, seeds, data, root: Path, finetune_epochs: int) -> dict[str, list[dict]]:
+    """The report phase: finished searches with their finished finetunes and probes; nothing is trained."""
+    from benchmarks.search.harness import finished, record_of
+
+    runs: dict[str, list[dict]] = {a: [] for a in arms}
+    for seed in seeds:
+        for name in arms:
+            out = root / f"{name}-{seed}"
+            if not finished(out):
+                continue
+            rec = {**record_of(out), "arm": name, "seed": seed}
+            where = root / f"{name}-{seed}-finetune"
+            if (where / "probe.json").exists():
+                rec["probe"] = json.loads((where / "probe.json").read_text())
+            if (where / "evaluate" / "results.json").exists():
+                rec["finetune"] = finetune_selected(rec, data, root, finetune_epochs)
+            runs[name].append(rec)
+    return runs
+
+
+def probe_selected(rec: dict, data, root: Path) -> dict | None:
+    from benchmarks.search.downstream import probe_top1
+
+    sel = rec["selected"]
+    if sel is None:
+        return None
+    return probe_top1(sel["checkpoint"], data, root / f"{rec['arm']}-{rec['seed']}-finetune")
+
+
+def finetune_all(arms, seeds, data, root: Path, epochs: int, *, probe_only: bool = False) -> None:
+    """The finetune (or probe) phase: each search's selected encoder as soon as the search has finished."""
     from benchmarks.search.harness import finished, record_of
 
     todo = [(name, seed) for seed in seeds for name in arms]
@@ -134,8 +169,9 @@ def finetune_all(arms, seeds, data, root: Path, epochs: int) -> None:
             continue
         for name, seed in ready:
             rec = {**record_of(root / f"{name}-{seed}"), "arm": name, "seed": seed}
-            ft = finetune_selected(rec, data, root, epochs)
-            print(f"bench: finetuned {name} seed {seed}: {ft}", flush=True)
+            pr = probe_selected(rec, data, root)
+            ft = None if probe_only else finetune_selected(rec, data, root, epochs)
+            print(f"bench: {name} seed {seed}: probe {pr}, finetune {ft}", flush=True)
             todo.remove((name, seed))
 
 
@@ -171,13 +207,13 @@ def print_figures(out: dict) -> None:
     f = out["figures"]
     print("\nsearch benchmark:", json.dumps(out["budget"]))
     for arm, d in f["downstream"]["per_arm"].items():
-        print(
-            f"  {arm:8} finetune top-1 median {d['median_top1']} ci95 {d['ci95']}; knn_acc {d['median_knn_acc']}"
-        )
-    for arm, d in f["downstream"]["vs"].items():
-        print(
-            f"  ours - {arm}: top-1 median diff {d['median_diff']} ci95 {d['ci95']}; ours >= {arm}: {d['ours_ge']}"
-        )
+        shown = ", ".join(f"{k} {d[f'median_{k}']}" for k in report.DOWNSTREAM)
+        print(f"  {arm:8} medians: {shown}, knn_acc {d['median_knn_acc']}")
+    for arm, vs in f["downstream"]["vs"].items():
+        for k, d in vs.items():
+            print(
+                f"  ours - {arm} {k}: median {d['median_diff']} ci95 {d['ci95']}; ours >= {arm}: {d['ours_ge']}"
+            )
     for arm, d in f.get("trial_epochs_to_tao_best", {}).items():
         print(
             f"  {arm} / tao trial-epochs to TAO's best: median {d['median_ratio']} ci95 {d['ci95']} ({d['reached']})"

@@ -57,7 +57,8 @@ class Arm:
     overrides: tuple[str, ...] = ()  # spec overrides besides the shared data/epochs
     space: str | None = None  # a search-space file's text instead of the curated one
     untie_warmup: bool = False  # drop warmup_epochs < num_epochs (TAO)
-    warm_from: str | None = None  # an arm whose search on the next seed seeds this one
+    warm_from: str | None = None  # an arm whose search on another seed seeds this one
+    tpe: dict[str, Any] | None = None  # a candidate TPE configuration (TPESampler keyword arguments)
 
 
 ARMS: dict[str, Arm] = {
@@ -74,7 +75,18 @@ ARMS: dict[str, Arm] = {
             untie_warmup=True,
         ),
         Arm("random", "our curated space, random search + ASHA", options={"algorithm": "random"}),
-        Arm("warm", "ours warm-started from the finished `ours` search of the next seed", warm_from="ours"),
+        Arm("warm", "ours warm-started from a finished `ours` search on seed + 1000", warm_from="ours"),
+        # candidate defaults (issue 11, point 3): adopted only if they measurably win on the selected encoder
+        Arm(
+            "cand-tpe-mv",
+            "TPE multivariate + group + constant_liar (concurrent trials get distinct suggestions), ASHA",
+            tpe={"multivariate": True, "group": True, "constant_liar": True},
+        ),
+        Arm(
+            "cand-asha-rf2",
+            "ours with ASHA keeping the best half at each rung (reduction factor 2) instead of a third",
+            options={"reduction_factor": 2.0},
+        ),
     )
 }
 
@@ -125,3 +137,30 @@ def untied_warmup(active: bool) -> Iterator[None]:
         yield
     finally:
         plan.build_space = original
+
+
+@contextlib.contextmanager
+def candidate_sampler(tpe: dict[str, Any] | None) -> Iterator[None]:
+    """While a candidate arm runs: the runner's TPE sampler built with the candidate's options (everything else,
+    the number of random start-up trials included, as automl.algorithms.make_sampler does it)."""
+    if tpe is None:
+        yield
+        return
+    import automl.runner as runner
+
+    original = runner.make_sampler
+
+    def make_sampler(searcher: str, seed: int, max_trials: int):
+        sampler = original(searcher, seed, max_trials)
+        if searcher != "tpe":
+            return sampler
+        import optuna
+
+        startup = sampler._n_startup_trials
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, **tpe)
+
+    runner.make_sampler = make_sampler
+    try:
+        yield
+    finally:
+        runner.make_sampler = original

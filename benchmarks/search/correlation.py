@@ -1,6 +1,6 @@
 """Does train_loss (or knn_acc) predict what users get? Spearman of each with finetune top-1 on the test split.
 
-    python -m benchmarks.search.correlation --runs DIR [--epochs 2] [--configs 40] [--finetune-epochs 3]
+    python -m benchmarks.search.correlation --runs DIR --epochs E [--configs 40] [--downstream finetune|probe]
 
 The configurations are the trials of the benchmark's searches (`python -m benchmarks.search --out DIR`) that
 trained the full `--epochs` with a finite loss: TAO's arm trains every trial to the end over its own space,
@@ -29,14 +29,19 @@ from benchmarks.search.harness import finished, record_of  # noqa: E402
 
 def full_length_trials(root: Path, epochs: int) -> list[dict]:
     """Every trial of every finished search under `root` that trained `epochs` epochs with a finite loss."""
-    out = []
+    out, seen = [], set()
     for exp in sorted(p.parent for p in root.glob("*/automl")):
         if not finished(exp):
             continue
         arm = exp.name.rsplit("-", 1)[0]
-        for t in record_of(exp)["trials"]:
+        rec = record_of(exp)
+        selected = rec["selected"] or {}
+        for t in rec["trials"]:
             losses = t["train_loss"]
-            if len(losses) == epochs and losses[-1] is not None:
+            # ours and random draw the same start-up configurations on a seed: count each configuration once
+            key = json.dumps(t["config"], sort_keys=True)
+            if len(losses) == epochs and losses[-1] is not None and key not in seen:
+                seen.add(key)
                 ckpt = t["last_checkpoint"]
                 if ckpt is not None:
                     out.append(
@@ -48,24 +53,48 @@ def full_length_trials(root: Path, epochs: int) -> list[dict]:
                             "train_loss": losses[-1],
                             "knn_acc": t["knn_acc"][-1] if t["knn_acc"] else None,
                             "checkpoint": ckpt,
+                            # the search's selected encoder at its last epoch was finetuned by the benchmark
+                            "benchmark_finetune": str(exp.parent / f"{exp.name}-finetune")
+                            if selected.get("trial_id") == t["trial_id"] and selected.get("epoch") == epochs
+                            else None,
                         }
                     )
     return out
 
 
-def pick(trials: list[dict], n: int, seed: int = 0) -> list[dict]:
-    """Up to n trials, every arm in turn (each arm's trials in a seeded order), so both spaces are covered."""
+def pick(trials: list[dict], n: int, seed: int = 0, *, cached_only: bool = False, done=None) -> list[dict]:
+    """Up to n trials, every arm in turn (each arm's trials in a seeded order, those the benchmark already
+    measured first: `done(trial)`), so both spaces are covered. cached_only: only those."""
+    done = done or (lambda t: False)
+    if cached_only:
+        trials = [t for t in trials if done(t)]
     rng = np.random.default_rng(seed)
     by_arm: dict[str, list[dict]] = {}
     for t in trials:
         by_arm.setdefault(t["arm"], []).append(t)
-    queues = {a: [ts[i] for i in rng.permutation(len(ts))] for a, ts in sorted(by_arm.items())}
+    queues = {
+        a: sorted((ts[i] for i in rng.permutation(len(ts))), key=lambda t: not done(t))
+        for a, ts in sorted(by_arm.items())
+    }
     out: list[dict] = []
     while len(out) < n and any(queues.values()):
         for q in queues.values():
             if q and len(out) < n:
                 out.append(q.pop(0))
     return out
+
+
+def _location(t: dict, root: Path) -> Path:
+    """Where a configuration's downstream results are kept: the benchmark's own folder for a selected encoder."""
+    if t.get("benchmark_finetune"):
+        return Path(t["benchmark_finetune"])
+    return root / "correlation" / f"{t['experiment']}-{t['trial_id']}"
+
+
+def _done(t: dict, root: Path, downstream: str) -> bool:
+    return (
+        _location(t, root) / ("probe.json" if downstream == "probe" else "evaluate/results.json")
+    ).exists()
 
 
 def spearman(x: list[float], y: list[float], *, n_boot: int = 5000) -> dict:
@@ -92,7 +121,7 @@ def spearman(x: list[float], y: list[float], *, n_boot: int = 5000) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.search.downstream import finetune_top1
+    from benchmarks.search.downstream import finetune_top1, probe_top1
 
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.search.correlation", description=__doc__.split("\n\n")[0]
@@ -103,6 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--configs", type=int, default=40)
     p.add_argument("--finetune-epochs", type=int, default=10)
+    p.add_argument(
+        "--downstream",
+        choices=("finetune", "probe"),
+        default="finetune",
+        help="what users get, measured on the test split: the finetune recipe's top-1, or a linear probe's",
+    )
+    p.add_argument(
+        "--cached-only", action="store_true", help="only configurations already measured (nothing is trained)"
+    )
     p.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "correlation.json"))
     args = p.parse_args(argv)
     from mae.cli import setup_logging
@@ -113,15 +151,19 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     root = Path(args.runs).resolve()
     data = build_digits_dataset(root / "data")
-    chosen = pick(full_length_trials(root, args.epochs), args.configs)
+    chosen = pick(
+        full_length_trials(root, args.epochs),
+        args.configs,
+        cached_only=args.cached_only,
+        done=lambda t: _done(t, root, args.downstream),
+    )
     for c in chosen:
-        ft = finetune_top1(
-            c["checkpoint"],
-            data,
-            root / "correlation" / f"{c['experiment']}-{c['trial_id']}",
-            epochs=args.finetune_epochs,
-        )
-        c["top1"] = ft["top1"]
+        where = _location(c, root)
+        if args.downstream == "probe":
+            pr = probe_top1(c["checkpoint"], data, where)
+            c["top1"], c["val_probe_top1"] = pr["probe_top1"], pr["val_probe_top1"]
+        else:
+            c["top1"] = finetune_top1(c["checkpoint"], data, where, epochs=args.finetune_epochs)["top1"]
         print(
             f"correlation: {c['experiment']} {c['trial_id']} loss {c['train_loss']:.4f} top-1 {c['top1']:.3f}",
             flush=True,
@@ -130,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "command": "python -m benchmarks.search.correlation " + " ".join(sys.argv[1:]),
         "epochs": args.epochs,
-        "finetune_epochs": args.finetune_epochs,
+        "downstream": args.downstream,
+        "finetune_epochs": args.finetune_epochs if args.downstream == "finetune" else None,
         "configs": len(chosen),
         "per_arm": {a: sum(c["arm"] == a for c in chosen) for a in sorted({c["arm"] for c in chosen})},
         # lower loss = better: a useful objective has a NEGATIVE rho with top-1; knn_acc a POSITIVE one
@@ -138,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "spearman_knn_acc_vs_top1": spearman(
             [c["knn_acc"] if c["knn_acc"] is not None else np.nan for c in chosen], top1
         ),
+        "spearman_val_probe_vs_top1": spearman([c.get("val_probe_top1", np.nan) for c in chosen], top1),
         "wall_s": round(time.time() - t0, 1),
         "configurations": chosen,
     }

@@ -14,7 +14,7 @@ from typing import Any
 
 from benchmarks.search.harness import DEMO_SPEC
 
-# One recipe for every encoder: 10 epochs, AdamW at a fixed peak lr with a 1-epoch warmup and cosine decay,
+# One recipe for every encoder: 10 epochs (--finetune-epochs), AdamW at a fixed peak lr, no warmup, cosine decay,
 # the demo's batch and augmentation, the schema's finetune defaults otherwise (layer decay 0.75, drop path
 # 0.1, label smoothing 0.1). The best epoch by val top-1 is evaluated on the test split.
 RECIPE = [
@@ -23,7 +23,7 @@ RECIPE = [
     "train.optim.lr=1e-3",
     "train.optim.weight_decay=0.05",
     "train.optim.lr_scheduler=cosine",
-    "train.optim.warmup_epochs=1",
+    "train.optim.warmup_epochs=0",
     "train.optim.monitor_name=ACC_all",
     "train.seed=0",
 ]
@@ -78,3 +78,65 @@ def _result(m: dict[str, Any], out: Path, seconds: float | None) -> dict:
             if "ACC_all" in kpi:
                 val = max(val or 0.0, float(kpi["ACC_all"]))
     return {"top1": float(m["ACC_all"]), "val_top1": val, "seconds": seconds}
+
+
+_IMAGES: dict[tuple, dict] = {}  # the eval-transformed splits, decoded once per process
+
+
+def _split_images(data: dict[str, Path]) -> dict[str, tuple]:
+    import torch
+
+    from mae.data import build_eval_transform
+    from mae.engine import data as D
+    from mae.spec import load_spec
+
+    key = tuple(sorted((k, str(v)) for k, v in data.items()))
+    if key not in _IMAGES:
+        cfg = load_spec(DEMO_SPEC, [f"dataset.train_data_sources={data['train']}"])
+        transform = build_eval_transform(cfg.dataset.augmentation)
+        out = {}
+        for split in ("train", "val", "test"):
+            ds, _ = D.class_dataset(str(data[split]), split, transform)
+            imgs, labels = zip(*(ds[i] for i in range(len(ds))), strict=True)
+            out[split] = (torch.stack(imgs), torch.tensor(labels))
+        _IMAGES[key] = {"cfg": cfg, **out}
+    return _IMAGES[key]
+
+
+def probe_top1(checkpoint: str | Path, data: dict[str, Path], out: Path) -> dict:
+    """A linear probe: logistic regression on the frozen encoder's pooled features (the product's
+    `forward_features`, eval transform) of the train split, top-1 on the test split; and the same fitted on
+    the labelled val split by 5-fold cross-validation inside it (`val_probe_top1`: what a search could measure
+    without the test split). Seconds per encoder, so it covers every configuration; cached in `out`."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from mae.actions.loading import load_trained
+    from mae.fileio import atomic_write_text
+
+    done = out / "probe.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    t0 = time.time()
+    images = _split_images(data)
+    net = load_trained(images["cfg"], str(checkpoint), key="probe", stage="pretrain").network.eval()
+    feats = {}
+    with torch.no_grad():
+        for split in ("train", "val", "test"):
+            x, y = images[split]
+            f = torch.cat([net.forward_features(x[i : i + 256]).float() for i in range(0, len(x), 256)])
+            feats[split] = (f.numpy(), y.numpy())
+
+    def probe():
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0))
+
+    test_top1 = float(probe().fit(*feats["train"]).score(*feats["test"]))
+    # inside the labelled val split only (5-fold): a proxy a search could compute without the test split
+    val_cv = float(cross_val_score(probe(), *feats["val"], cv=5).mean())
+    res = {"probe_top1": test_top1, "val_probe_top1": val_cv, "seconds": round(time.time() - t0, 1)}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(done, json.dumps(res) + "\n")
+    return res

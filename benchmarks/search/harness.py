@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.search.arms import ARMS, Arm, untied_warmup
+from benchmarks.search.arms import ARMS, Arm, candidate_sampler, untied_warmup
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_SPEC = REPO / "examples" / "demo.yaml"
@@ -86,7 +86,7 @@ def run_search(
         options["search_space"] = str(space_file)
     overrides = [f"results_dir={out}", *data_overrides(data), f"num_epochs={budget.epochs}", *arm.overrides]
     if not finished(out):
-        with untied_warmup(arm.untie_warmup):
+        with untied_warmup(arm.untie_warmup), candidate_sampler(arm.tpe):
             automl.run(str(DEMO_SPEC), overrides, automl.SearchOptions(**options))
     rec = record_of(out)
     rec.update(arm=arm.name, seed=seed, options=_plain(options))
@@ -110,7 +110,7 @@ def finite(x: Any) -> float | None:
 
 def _epoch_checkpoint(out: Path, tid: str, entry: dict) -> str | None:
     """The checkpoint of one reported epoch: the Tune checkpoint reported with it, else the trial's last.ckpt."""
-    from mae.engine.checkpoints import TUNE_CHECKPOINT_FILE
+    from mae.layout import TUNE_CHECKPOINT_FILE
 
     for path in (
         Path(entry.get("checkpoint") or "/nonexistent") / TUNE_CHECKPOINT_FILE,
@@ -158,9 +158,9 @@ def record_of(out: Path) -> dict[str, Any]:
         tid, epoch = sel["trial_id"], int(sel["epoch"])
         t = state["trials"][tid]
         h = (t.get("history") or {}).get(str(epoch)) or {}
-        # the product's name for a trial's best epoch: <results_dir>/<trial_id> (mae resolves it to the Tune
-        # checkpoint of that epoch, or the trial folder's best.ckpt)
-        ckpt = out / tid
+        # the product's name for a trial's best epoch: its folder automl/trials/<trial_id> (mae resolves it to
+        # the Tune checkpoint of that epoch, or the folder's best.ckpt)
+        ckpt = out / "automl" / "trials" / tid
         selected = {
             "trial_id": tid,
             "epoch": epoch,

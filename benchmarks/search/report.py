@@ -106,45 +106,56 @@ def equal_epochs(runs: dict[str, list[dict]], arm: str, base: str = "ours") -> d
     return {"per_seed": per_seed, f"{base}_wins": f"{wins} of {len(per_seed)}"}
 
 
+DOWNSTREAM = {
+    "finetune_top1": ("finetune", "top1"),  # the fixed finetune recipe, top-1 on the test split
+    "probe_top1": ("probe", "probe_top1"),  # linear probe fitted on the train split, top-1 on the test split
+    "val_probe_top1": ("probe", "val_probe_top1"),  # linear probe, 5-fold CV inside the val split
+}
+
+
 def downstream(runs: dict[str, list[dict]], arms: Sequence[str], base: str = "ours") -> dict[str, Any]:
-    """Figure (d): the selected encoders' finetune top-1 (and knn_acc) per arm, ours minus each other arm."""
+    """Figure (d): the selected encoders' test top-1 per arm (finetune, and the linear probes) and knn_acc,
+    and ours minus each other arm, paired by seed, with its bootstrap interval and the seeds ours >= it."""
     out: dict[str, Any] = {"per_arm": {}, "vs": {}}
     for arm in arms:
-        top1 = [_top1(r) for r in runs.get(arm, [])]
-        knn = [(r.get("selected") or {}).get("knn_acc") for r in runs.get(arm, [])]
-        out["per_arm"][arm] = {
-            "top1": top1,
-            "median_top1": median(top1),
-            "ci95": bootstrap_median([x for x in top1 if x is not None]),
-            "knn_acc": knn,
-            "median_knn_acc": median(knn),
-        }
+        rs = runs.get(arm, [])
+        d: dict[str, Any] = {"knn_acc": [(r.get("selected") or {}).get("knn_acc") for r in rs]}
+        d["median_knn_acc"] = median(d["knn_acc"])
+        for name in DOWNSTREAM:
+            vals = [_value(r, name) for r in rs]
+            d[name] = vals
+            d[f"median_{name}"] = median(vals)
+            d[f"ci95_{name}"] = bootstrap_median([x for x in vals if x is not None])
+        out["per_arm"][arm] = d
     for arm in arms:
         if arm == base:
             continue
-        diffs, ge = [], 0
-        for r_base, r_arm in _paired(runs, base, arm):
-            a, b = _top1(r_base), _top1(r_arm)
-            if a is None or b is None:
-                continue
-            diffs.append(a - b)
-            ge += a >= b
-        out["vs"][arm] = {
-            "diff": diffs,
-            "median_diff": median(diffs),
-            "ci95": bootstrap_median(diffs),
-            f"{base}_ge": f"{ge} of {len(diffs)}",
-        }
+        vs: dict[str, Any] = {}
+        for name in DOWNSTREAM:
+            diffs, ge = [], 0
+            for r_base, r_arm in _paired(runs, base, arm):
+                a, b = _value(r_base, name), _value(r_arm, name)
+                if a is None or b is None:
+                    continue
+                diffs.append(a - b)
+                ge += a >= b
+            vs[name] = {
+                "diff": diffs,
+                "median_diff": median(diffs),
+                "ci95": bootstrap_median(diffs),
+                f"{base}_ge": f"{ge} of {len(diffs)}",
+            }
+        out["vs"][arm] = vs
     return out
 
 
-def _top1(r: dict) -> float | None:
-    """Top-1 of the selected encoder; a search that selected none (every trial failed) hands over nothing, so
-    the user's classifier is at chance: 0.1 on ten balanced classes."""
-    ft = r.get("finetune")
-    if ft is None:
-        return 0.1 if r.get("selected") is None else None
-    return ft.get("top1")
+def _value(r: dict, name: str) -> float | None:
+    """A downstream figure of the selected encoder; a search that selected none (every trial failed) hands
+    over nothing, so the user's classifier is at chance: 0.1 on ten balanced classes."""
+    if r.get("selected") is None:
+        return 0.1
+    section, key = DOWNSTREAM[name]
+    return (r.get(section) or {}).get(key)
 
 
 def _paired(runs: dict[str, list[dict]], a: str, b: str) -> list[tuple[dict, dict]]:

@@ -133,7 +133,13 @@ def resize_regions(regions: Regions, size: int) -> torch.Tensor:
 
 class BatchAugment:
     """uint8 [N, 3, S, S] batches (or `Regions`) -> normalised float32 [N, 3, S, S] on their device, with
-    random erasing (`re_prob`) and, if asked, channels_last memory format (ConvNeXt on CUDA)."""
+    random erasing (`re_prob`) and, if asked, channels_last memory format (ConvNeXt on CUDA).
+
+    reuse_output: CPU batches are written into one buffer kept from call to call, so each call overwrites
+    the previous result; for a training step, which is done with its batch before the next one arrives. A
+    fresh 38 MB tensor per batch of 64 at 224 px cost ~0.4 ms per image in page faults, more than the
+    normalising itself (measured on the 2-core machine). CUDA memory comes from PyTorch's caching allocator
+    and is never reused here."""
 
     def __init__(
         self,
@@ -143,12 +149,15 @@ class BatchAugment:
         size: int,
         re_prob: float = 0.0,
         channels_last: bool = False,
+        reuse_output: bool = False,
     ):
         self.mean = [float(m) for m in mean]
         self.std = [float(s) for s in std]
         self.size = int(size)
         self.re_prob = float(re_prob)
         self.channels_last = channels_last
+        self.reuse_output = reuse_output
+        self._out: torch.Tensor | None = None
         self._consts: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _for(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,7 +171,7 @@ class BatchAugment:
         if isinstance(batch, Regions):
             x = resize_regions(batch, self.size)
         elif batch.dtype == torch.uint8:
-            x = torch.empty(batch.shape, dtype=torch.float32, device=batch.device).copy_(batch)
+            x = self._buffer(batch).copy_(batch)
         else:
             raise TypeError(f"BatchAugment expects uint8 batches, got {batch.dtype}")
         mean, inv = self._for(x.device)
@@ -174,6 +183,16 @@ class BatchAugment:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def _buffer(self, batch: torch.Tensor) -> torch.Tensor:
+        if not (self.reuse_output and batch.device.type == "cpu"):
+            return torch.empty(batch.shape, dtype=torch.float32, device=batch.device)
+        if self._out is None or self._out.shape != batch.shape:
+            self._out = torch.empty(batch.shape, dtype=torch.float32)
+        return self._out
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_out": None, "_consts": {}}  # buffers stay in their process
 
     def __repr__(self) -> str:
         return (

@@ -81,6 +81,7 @@ def training_pipeline(cfg: ExperimentConfig, *, cuda: bool, channels_last: bool 
         size=aug.input_size,
         re_prob=aug.re_prob if stage == "finetune" else 0.0,
         channels_last=channels_last,
+        reuse_output=not cuda,  # the training step is done with a batch before the next is normalised
     )
     source = f"decoded store ({store_short_side(cfg)} px)" if stored else "image files (decoded every epoch)"
     return TrainingPipeline(

@@ -3,7 +3,8 @@
 Each follows the spec's existing settings; `train.compile` is the only new key:
 
   train.compile   `network.compile()` (nn.Module.compile: compiled in place, so checkpoint keys do not
-                  change); off by default until it is measured safe for every family
+                  change; random ops drawn as in eager mode, so the seeded masks stay the same); off by
+                  default until it is measured safe for every family
   fused AdamW     on CUDA, one fused kernel per step instead of a loop over tensors (the CPU keeps foreach)
   attention       ViT and Hiera attention call `scaled_dot_product_attention` (timm's `fused_attn`; Hiera's
                   windowed blocks through `FlashMaskUnitAttention`, 4-D). With 16-bit precision on CUDA a
@@ -55,6 +56,11 @@ def prepare_network(network: torch.nn.Module, plan: SpeedPlan) -> torch.nn.Modul
     if plan.channels_last:
         network.to(memory_format=torch.channels_last)
     if plan.compile:
+        import torch._inductor.config as inductor_config
+
+        # random ops (the MAE masks) as eager draws them, so a compiled run takes the same seeded masks and
+        # resumes exactly like an eager one; inductor's own generator would draw other numbers
+        inductor_config.fallback_random = True
         network.compile()
     return network
 

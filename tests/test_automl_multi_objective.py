@@ -1,0 +1,111 @@
+"""Deploy-aware, multi-objective search end to end: accuracy against measured latency under a latency limit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+def _finetune_spec(write_spec, tmp_path, digits) -> str:
+    return str(
+        write_spec(
+            {
+                "results_dir": str(tmp_path / "results"),
+                "model_name": "digits",
+                "dataset": {
+                    "batch_size": 64,
+                    "num_workers_per_gpu": 0,
+                    "train_data_sources": str(digits["train"]),
+                    "val_data_sources": str(digits["val"]),
+                    "augmentation": {
+                        "input_size": 32,
+                        "min_scale": 0.5,
+                        "hflip": 0.0,
+                        "auto_aug": None,
+                        "mixup": 0.0,
+                        "cutmix": 0.0,
+                    },
+                },
+                "model": {"arch": "vit_micro_patch4", "num_classes": 10},
+                "train": {"stage": "finetune", "num_epochs": 5, "optim": {"lr_scheduler": "cosine"}},
+            }
+        )
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_latency_constrained_search_front_and_feasibility(write_spec, tmp_path, digits):
+    import automl
+    from automl.multi_objective import profile_shapes
+    from automl.plan import plan_search
+    from mae.layout import ExperimentLayout, TrainLayout
+
+    spec = _finetune_spec(write_spec, tmp_path, digits)
+    goals = ["ACC_all:max", "latency_ms:min"]
+    files = ExperimentLayout(tmp_path / "results")
+    # measure the shapes first (the search reads the same cache) to set a limit that excludes some of them
+    plan = plan_search(spec, objectives=goals)
+    assert {"model.arch", "dataset.augmentation.input_size"} <= set(plan.space.names)
+    profiles = profile_shapes(plan.goals, plan, files.root / "deploy_profile.json")
+    assert len(profiles) == 9  # 3 archs x 3 input sizes
+    latencies = sorted(p["latency_ms"] for p in profiles.values())
+    limit = (latencies[3] + latencies[4]) / 2  # four shapes feasible, five not
+    # a from-scratch recipe that learns in 5 epochs, pinned by the user's overrides (the finetune space is for
+    # pretrained encoders), so that the search is over weight decay, schedule, architecture and input size
+    pins = [
+        "train.optim.lr=2e-3",
+        "train.optim.layer_decay=1.0",
+        "train.optim.warmup_epochs=0",
+        "dataset.augmentation.mixup=0",
+        "dataset.augmentation.smoothing=0",
+        "model.drop_path_rate=0",
+    ]
+    result = automl.run(
+        spec,
+        pins,
+        automl.SearchOptions(
+            objectives=tuple(goals),
+            constraints=(f"latency_ms<={limit}",),
+            max_trials=12,
+            max_concurrent=2,
+            grace_period=2,
+            seed=3,
+            progress_interval_s=600,
+        ),
+    )
+    summary = json.loads(files.summary.read_text())
+    state = json.loads(files.state.read_text())
+    front = summary["pareto"]
+    assert len(front) >= 3, front
+    for entry in front:  # feasible, exported
+        assert entry["values"]["latency_ms"] <= limit
+        assert (files.best / "pareto" / entry["trial_id"] / "digits.onnx").is_file()
+    values = [(e["values"]["ACC_all"], e["values"]["latency_ms"]) for e in front]
+    for a in values:  # none dominates another
+        assert not any(b != a and b[0] >= a[0] and b[1] <= a[1] for b in values)
+    picked = summary["picked"]
+    assert picked == max(front, key=lambda e: e["values"]["ACC_all"])["trial_id"]
+    assert result.best["trial_id"] == picked and (files.best / "digits.onnx").is_file()
+    # no configuration that was infeasible before training was trained
+    refused = summary["refused"]  # proposals refused before they became trials
+    assert refused, "the limit excludes five of nine shapes; TPE should have proposed some"
+    for r in refused:
+        shape = f"{r['config']['model.arch']}@{r['config']['dataset.augmentation.input_size']}"
+        assert profiles[shape]["latency_ms"] > limit and "violates latency_ms<=" in r["reason"]
+    for t in [
+        t for t in state["trials"].values() if t["status"] == "infeasible"
+    ]:  # refused by the trial itself
+        shape = f"{t['config']['model.arch']}@{t['config']['dataset.augmentation.input_size']}"
+        assert profiles[shape]["latency_ms"] > limit
+        assert t["epochs"] == 0 and not TrainLayout(files.trial_dir(t["trial_id"])).checkpoints.exists()
+        assert "violates latency_ms<=" in summary["infeasible"][t["trial_id"]]
+    for t in state["trials"].values():
+        if t["status"] != "infeasible":
+            shape = f"{t['config']['model.arch']}@{t['config']['dataset.augmentation.input_size']}"
+            assert profiles[shape]["latency_ms"] <= limit, "a trial trained an infeasible shape"
+    assert summary["hypervolume"] > 0 and len(summary["hypervolume_by_round"]) == 1
+    assert (files.plots / "pareto.png").is_file()
+    status = automl.format_status(automl.experiment_status(tmp_path / "results"))
+    assert "Pareto front of ACC_all:max, latency_ms:min" in status
