@@ -406,6 +406,16 @@ def validate(data: Mapping) -> ExperimentConfig:
         raise ConfigError(format_validation_error(e)) from None
 
 
+def _names_automl_trial(path: str) -> bool:
+    """`<results_dir>/<trial_id>` (or `<results_dir>/automl/<trial_id>`) names a trial of an AutoML experiment:
+    a checkpoint the loaders resolve (mae.engine.checkpoints), though no such folder exists."""
+    from mae.layout import ExperimentLayout
+
+    p = Path(path)
+    exp = ExperimentLayout.of_folder(p.parent)
+    return exp is not None and exp.trial_dir(p.name).is_dir()
+
+
 def check_action(
     cfg: ExperimentConfig, action: str, missing: set[str] = frozenset(), *, check_paths: bool = True
 ) -> None:
@@ -430,7 +440,8 @@ def check_action(
             value = get_path(dumped, key)
             for path in [value] if isinstance(value, str) else (value or []):
                 if path and "://" not in path and not os.path.exists(os.path.expanduser(path)):
-                    errors.append(f"{key}={path!r}: no such file or folder")
+                    if not _names_automl_trial(os.path.expanduser(path)):
+                        errors.append(f"{key}={path!r}: no such file or folder")
     aug = cfg.dataset.augmentation
     mixing = [k for k in ("mixup", "cutmix") if getattr(aug, k) > 0] + (
         ["cutmix_minmax"] if aug.cutmix_minmax else []

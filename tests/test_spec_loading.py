@@ -262,3 +262,19 @@ def test_s3_sources_are_not_checked_locally():
 def test_list_of_sources(data_dir):
     cfg = load_spec(None, [f"dataset.train_data_sources=[{data_dir}, {data_dir}]"], action="train")
     assert cfg.dataset.train_data_sources == [str(data_dir)] * 2
+
+
+def test_an_automl_trial_id_stands_for_a_checkpoint(tmp_path, data_dir):
+    # `<results_dir>/<trial_id>` names a trial's best checkpoint (resolved by the loaders), though no such folder exists
+    exp = tmp_path / "results" / "automl"
+    (exp / "trials" / "t_0001").mkdir(parents=True)
+    (exp / "experiment.json").write_text("{}")
+    base = [f"dataset.train_data_sources={data_dir}", "train.stage=finetune"]
+    cfg = load_spec(
+        None, [*base, f"train.pretrained_model_path={tmp_path / 'results' / 't_0001'}"], action="train"
+    )
+    assert cfg.train.pretrained_model_path.endswith("t_0001")
+    with pytest.raises(ConfigError, match="t_0002'?: no such file or folder"):
+        load_spec(
+            None, [*base, f"train.pretrained_model_path={tmp_path / 'results' / 't_0002'}"], action="train"
+        )
