@@ -203,3 +203,31 @@ def test_cache_list_and_clear_commands(tmp_path, monkeypatch, capsys):
     assert (
         capsys.readouterr().out.splitlines()[-1] == f"{cache}: 0 entries, 0 B, no cap (set MAE_CACHE_MAX_GB)"
     )
+
+
+def test_decoded_stores_count_against_the_cap(tmp_path, monkeypatch):
+    # a store built by another process (which has exited) is listed as a cache entry and evicted by the cap;
+    # one this process opened is held and stays
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (40, 30), (i * 40, 0, 0)).save(folder / f"{i}.png")
+    cache = tmp_path / "cache"
+    code = (
+        "import sys, glob; from mae.data.store import open_store; "
+        "open_store(sorted(glob.glob(sys.argv[2] + '/*.png')), 16, label='t', cache_dir=sys.argv[1])"
+    )
+    subprocess.run([sys.executable, "-c", code, str(cache), str(folder)], check=True, cwd=REPO)
+    (entry,) = C.list_entries(cache)
+    assert entry.kind.startswith("decoded store") and entry.bytes > 0 and not entry.in_use
+    assert entry.source == str(folder)
+    monkeypatch.setenv("MAE_CACHE_MAX_GB", "0")
+    assert [e.name for e in C.enforce_cap(cache)] == [entry.name]
+    assert not entry.path.exists()
+    from mae.data.store import open_store
+
+    store = open_store(sorted(str(p) for p in folder.glob("*.png")), 16, label="t", cache_dir=cache)
+    assert len(store) == 3 and store.folder.exists()  # rebuilt, held by this process: the cap kept it
+    assert [e.in_use for e in C.list_entries(cache)] == [True]

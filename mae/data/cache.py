@@ -68,9 +68,17 @@ def hold(cache: Path, entry: Path) -> None:
         fcntl.flock(f.fileno(), fcntl.LOCK_SH)
         _HELD[key] = f
     try:
-        os.utime(entry / META_NAME)
+        os.utime(_meta_path(entry))
     except OSError:  # another user's entry, or gone: recency is best effort
         pass
+
+
+STORE_META = "store.json"  # a decoded image store's metadata (mae.data.store)
+
+
+def _meta_path(entry: Path) -> Path:
+    """The metadata file of an entry: a prepared source's, or a decoded store's."""
+    return entry / STORE_META if entry.parent.name == "stores" else entry / META_NAME
 
 
 def _try_exclusive(cache: Path, name: str) -> IO | None:
@@ -116,32 +124,41 @@ def tree_bytes(root: Path) -> int:
 
 
 def list_entries(cache: Path) -> list[Entry]:
-    """Every complete entry of the cache, least recently used first."""
+    """Every complete entry of the cache (prepared sources and decoded image stores), least recently used
+    first."""
     out = []
-    sources = cache / "sources"
-    if not sources.is_dir():
-        return out
-    for d in sources.iterdir():
-        meta_path = d / META_NAME
-        if d.name.startswith(".") or ".tmp-" in d.name or not meta_path.is_file():
+    for kind_dir in ("sources", "stores"):
+        folder = cache / kind_dir
+        if not folder.is_dir():
             continue
-        try:
-            meta = json.loads(meta_path.read_text())
-            used = meta_path.stat().st_mtime
-        except (OSError, ValueError):
-            continue
-        size = meta.get("bytes")
-        out.append(
-            Entry(
-                name=d.name,
-                path=d,
-                source=str(meta.get("source", "?")),
-                kind=str(meta.get("kind", "?")),
-                bytes=int(size) if isinstance(size, int) else tree_bytes(d),
-                last_used=used,
-                in_use=_in_use(cache, d.name),
+        for d in folder.iterdir():
+            meta_path = _meta_path(d)
+            if d.name.startswith(".") or ".tmp-" in d.name or not meta_path.is_file():
+                continue
+            try:
+                meta = json.loads(meta_path.read_text())
+                used = meta_path.stat().st_mtime
+            except (OSError, ValueError):
+                continue
+            size = meta.get("bytes")
+            if kind_dir == "stores":
+                files = meta.get("files") or []
+                source = os.path.commonpath(files) if files else "?"
+                kind = f"decoded store ({meta.get('short_side')} px)"
+                size = tree_bytes(d)
+            else:
+                source, kind = str(meta.get("source", "?")), str(meta.get("kind", "?"))
+            out.append(
+                Entry(
+                    name=d.name,
+                    path=d,
+                    source=source,
+                    kind=kind,
+                    bytes=int(size) if isinstance(size, int) else tree_bytes(d),
+                    last_used=used,
+                    in_use=_in_use(cache, d.name),
+                )
             )
-        )
     out.sort(key=lambda e: e.last_used)
     return out
 

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mae.data import cache as cachemod
 from mae.data.datasets import DECODE_ERRORS, _reason, load_rgb
 from mae.data.extract import remove_tree
 from mae.data.sources import CACHE_ENV, _locked, _slug, default_cache_dir
@@ -206,12 +207,15 @@ def open_store(
     name = f"{_slug(Path(os.path.commonpath(paths)).name)}-{short_side}px-{digest[:16]}"
     entry = stores / name
     if (entry / META_NAME).is_file():
-        log.debug("%s: decoded store %s", label, entry)
-        return ImageStore(entry)
+        cachemod.hold(cache, entry)  # in use from now on: the cache cap never evicts it under us
+        if (entry / META_NAME).is_file():
+            log.debug("%s: decoded store %s", label, entry)
+            return ImageStore(entry)
     try:
         stores.mkdir(parents=True, exist_ok=True)
         with _locked(cache, digest, label):
             if (entry / META_NAME).is_file():  # another process built it while we waited
+                cachemod.hold(cache, entry)
                 return ImageStore(entry)
             for stale in stores.glob(name + ".tmp-*"):  # a crashed builder's leftovers
                 remove_tree(stale)
@@ -220,6 +224,7 @@ def open_store(
             tmp = Path(tempfile.mkdtemp(prefix=name + ".tmp-", dir=stores))
             try:
                 _build(tmp, paths, short_side, threads or _cpus(), label)
+                cachemod.hold(cache, entry)  # held before it appears, so no evictor can take it first
                 os.rename(tmp, entry)
             except BaseException:
                 remove_tree(tmp)
@@ -230,6 +235,7 @@ def open_store(
             f"{label}: cannot write the decoded image store in {cache}: {e.strerror or e}{where}; free some "
             f"space, set {CACHE_ENV} to another folder, or turn the store off (dataset.store=false)"
         ) from None
+    cachemod.enforce_cap(cache)
     return ImageStore(entry)
 
 
