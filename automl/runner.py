@@ -337,8 +337,6 @@ def _run_search(search: Search, exp: dict[str, Any] | None) -> None:
                 seed_study(files.journal, plan.mode, search.warm.trials)
                 print(f"automl: {search.warm.notice()}")
                 exp["warm_start"] = {"from": list(options.warm_start), "trials": len(search.warm.trials)}
-        elif options.warm_start:
-            print("automl: --warm-start applies to a new experiment; this one already has its own trials")
             tracker.start_parent(
                 params=_parent_run_params(search),
                 tags={
@@ -348,6 +346,8 @@ def _run_search(search: Search, exp: dict[str, Any] | None) -> None:
                 },
             )
             exp["mlflow_parent_run_id"] = tracker.parent_run_id
+        elif options.warm_start:
+            print("automl: --warm-start applies to a new experiment; this one already has its own trials")
         current = _open_rounds(exp, options)
         pids, session_name = local_ray_pids() if session.started_here and not options.address else ([], "")
         exp["ray_pids"], exp["ray_session"] = pids, session_name

@@ -47,6 +47,14 @@ def tiny_overrides(results_dir, train_dir, *more: str, epochs: int = 2) -> list[
     ]
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(s3_server, tmp_path_factory):
     import ray
@@ -65,6 +73,7 @@ def ray_cluster(s3_server, tmp_path_factory):
             "resources": {"trial_slot": 1},
             "include_dashboard": True,
             "dashboard_host": "127.0.0.1",
+            "dashboard_port": _free_port(),  # another Ray on this machine may hold the default 8265
         },
     )
     cluster.add_node(num_cpus=1, resources={"trial_slot": 1})

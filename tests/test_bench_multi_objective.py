@@ -98,11 +98,14 @@ def test_record_keeps_arrival_order_and_an_infeasible_trial_costs_no_trial_epoch
             "c": {"status": "stopped", "config": {}, "history": {"1": {"seq": 3, "ACC_all": 0.6, "latency_ms": 5.0}}},
         }
     }  # fmt: skip
-    summary = {"finished": True, "elapsed_s": 9.0, "hypervolume": 5.6, "pareto": []}
+    refused = [{"config": {"model.arch": "big", "dataset.augmentation.input_size": 32}, "reason": "too slow"}]
+    summary = {"finished": True, "elapsed_s": 9.0, "hypervolume": 5.6, "pareto": [], "refused": refused}
     (auto / "state.json").write_text(json.dumps(state))
     (auto / "summary.json").write_text(json.dumps(summary))
     rec = harness.record_of(tmp_path, 10.0)
-    assert rec["trial_epochs"] == 3 and rec["infeasible"] == 1 and rec["trials_proposed"] == 3
+    # one trial refused itself, one proposal was refused before it became a trial: both infeasible, untrained
+    assert rec["trial_epochs"] == 3 and rec["infeasible"] == 2 and rec["trials_proposed"] == 4
+    assert rec["refused_shapes"] == ["big@32"]
     # (0.5, 2) -> 4.0; (0.6, 5) adds 0.1 * 5 -> 4.5; (0.7, 2) -> 0.7 * 8 = 5.6, the product's own figure
     assert rec["curve"] == pytest.approx([4.0, 4.5, 5.6]) and rec["final_hv"] == pytest.approx(
         rec["summary_hv"]
@@ -169,7 +172,7 @@ def test_quick_benchmark_writes_every_arm_and_seed(tmp_path):
             assert r["curve"] == sorted(r["curve"]) and r["final_hv"] == r["curve"][-1]
             assert r["final_hv"] == pytest.approx(r["summary_hv"] or 0.0)
             assert all(p["latency_ms"] <= limit for p in r["front"])
-            assert r["trials_proposed"] == 2
+            assert r["trials_proposed"] >= 2 and r["automl_code"]
     f = res["figures"]
     assert set(f["per_arm"]) == set(f["infeasible_proposed"]) == {"ours", "weighted-balanced"}
     vs = f["vs"]["weighted-balanced"]

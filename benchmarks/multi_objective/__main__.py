@@ -145,6 +145,7 @@ def summarize(
             for a in runs
         },
         "product_workarounds": sorted({w for rs in runs.values() for r in rs for w in r["workarounds"]}),
+        "automl_code": sorted({r["automl_code"] or "unknown" for rs in runs.values() for r in rs}),
         "seeds": sorted({r["seed"] for rs in runs.values() for r in rs}),
         "wall_s": round(seconds, 1),
         "figures": figures,
@@ -156,6 +157,8 @@ def summarize(
 def print_table(out: dict) -> None:
     f = out["figures"]
     print(f"\nmulti-objective benchmark: {json.dumps(out['budget'])}, {out['constraint']}")
+    if len(out["automl_code"]) > 1:
+        print(f"  warning: the runs used {len(out['automl_code'])} versions of automl/ (edited meanwhile)")
     print(
         f"  {'arm':18} {'final HV: median [IQR]':>30} {'trial-epochs (median)':>22} {'infeasible proposed':>20}"
     )

@@ -32,7 +32,7 @@ PROFILE_FILE = (
     "deploy_profile.json"  # automl's per-experiment cache, <results_dir>/automl/deploy_profile.json
 )
 OBJECTIVES = ("ACC_all:max", "latency_ms:min")
-WORKAROUNDS_FILE = "bench_workarounds.json"  # in a run's folder: the workarounds that acted in that search
+RUN_FILE = "bench_run.json"  # in a run's folder: the product's code version and the workarounds that acted
 
 # Finetuning from scratch (no train.pretrained_model_path), so that the architecture can be searched. Batch 32:
 # 38 steps an epoch on the ~1,200 training digits, so that a few epochs separate good settings from bad ones.
@@ -186,12 +186,14 @@ def run_search(
         cache.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(profile_file, cache)  # the shared measurement: the runner reads it, measures nothing
         WORKAROUNDS.clear()
+        code = code_fingerprint()
         with scalarised(weights):
             automl.run(str(spec), overrides, automl.SearchOptions(**options))
-        atomic_write_json(out / WORKAROUNDS_FILE, sorted(WORKAROUNDS))
+        atomic_write_json(out / RUN_FILE, {"workarounds": sorted(WORKAROUNDS), "automl_code": code})
     rec = record_of(out, limit)
-    done = out / WORKAROUNDS_FILE
-    rec["workarounds"] = json.loads(done.read_text()) if done.exists() else []
+    meta = json.loads((out / RUN_FILE).read_text()) if (out / RUN_FILE).exists() else {}
+    rec["workarounds"] = meta.get("workarounds", [])
+    rec["automl_code"] = meta.get("automl_code")
     rec.update(arm=arm.name, seed=seed, options=_plain(options))
     return rec
 
@@ -255,6 +257,17 @@ def scalarised(weights: tuple[float, ...]) -> Iterator[None]:
         plan_mod.plan_search, runner_mod.make_constrained_search = original_plan, original_search
 
 
+def code_fingerprint() -> str:
+    """A short hash of automl/*.py as the search starts: runs of one benchmark should share it (the product is
+    edited while benchmarks run; a mix is reported)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted((REPO / "automl").glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def finished(out: Path) -> bool:
     path = out / "automl" / "summary.json"
     return path.exists() and bool(json.loads(path.read_text()).get("finished"))
@@ -313,6 +326,11 @@ def record_of(out: Path, limit: float) -> dict[str, Any]:
                 "infeasible": t.get("infeasible"),
             }
         )
+    # proposals refused before they became trials (the product's feasibility check at proposal time)
+    refused = summary.get("refused")
+    if refused is None and (out / "automl" / "refused.json").exists():
+        refused = json.loads((out / "automl" / "refused.json").read_text())
+    refused = refused or []
     events.sort(key=lambda e: e.seq)
     curve = hv_curve([(e.acc, e.latency_ms) for e in events], limit)
     return {
@@ -323,8 +341,14 @@ def record_of(out: Path, limit: float) -> dict[str, Any]:
         "final_hv": curve[-1] if curve else 0.0,
         "summary_hv": summary.get("hypervolume"),
         "trial_epochs": len(events),
-        "trials_proposed": len(trials),
-        "infeasible": sum(t["status"] == "infeasible" for t in trials),
+        "trials_proposed": len(trials) + len(refused),
+        "infeasible": sum(t["status"] == "infeasible" for t in trials) + len(refused),
+        "refused_shapes": sorted(
+            {
+                f"{(r.get('config') or {}).get('model.arch')}@{(r.get('config') or {}).get('dataset.augmentation.input_size')}"
+                for r in refused
+            }
+        ),
         "failed": sum(t["status"] == "failed" for t in trials),
         "front": [
             {"trial_id": p["trial_id"], **{k: p["values"].get(k) for k in ("ACC_all", "latency_ms")}}
