@@ -93,13 +93,19 @@ def main() -> None:
     ap.add_argument("--concurrent", type=int, default=2)
     ap.add_argument("--data", type=Path, help="where the JPEG set is (made there when missing)")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    ap.add_argument(
+        "--order",
+        choices=("on-off", "off-on"),
+        default="on-off",
+        help="which search runs first (load drifts)",
+    )
     args = ap.parse_args()
 
     tmp = tempfile.TemporaryDirectory(prefix="bench_search_store_")
     root = args.data or Path(tmp.name) / "jpegs"
     make_photo_jpegs(root, args.images, (500, 375))
     runs = []
-    for store in (True, False):
+    for store in (True, False) if args.order == "on-off" else (False, True):
         work = Path(tmp.name) / ("store_on" if store else "store_off")
         work.mkdir()
         run = search(root, work, store, args)
@@ -108,7 +114,7 @@ def main() -> None:
             f"store {'on ' if store else 'off'}: {run['wall_seconds']:.0f} s, {run['images_decoded']} images decoded "
             f"{run['decodes']} times (per image {run['decodes_per_image']}), load {run['load_1min_before']}"
         )
-    on, off = runs
+    on, off = sorted(runs, key=lambda r: not r["store"])
     once = on["images_decoded"] == args.images and on["decodes_per_image"]["max"] == 1
     ratio = off["wall_seconds"] / on["wall_seconds"]
     print(f"store on: each image decoded once: {once}; wall time off / on: {ratio:.2f}x")
@@ -123,6 +129,7 @@ def main() -> None:
             "spec": SPEC,
             "epochs_per_trial": args.epochs,
             "each_image_decoded_once_with_store": once,
+            "order": args.order,
             "wall_time_ratio_off_vs_on": round(ratio, 3),
             "runs": runs,
             "cpus": os.cpu_count(),

@@ -55,7 +55,7 @@ def mlflow_runs(results_dir: Path):
     return client, client.search_runs([exp.experiment_id], max_results=100)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_search_end_to_end_asha_mlflow_onnx_and_ui(ray_cluster, digits_small, tmp_path, capsys):
     import requests
 
@@ -137,7 +137,8 @@ def test_search_end_to_end_asha_mlflow_onnx_and_ui(ray_cluster, digits_small, tm
     # automl status, then automl ui answering on 127.0.0.1 with the runs in its REST API
     assert automl_main(["status", str(out)]) == 0
     assert f"best so far: {best['trial_id']}" in capsys.readouterr().out
-    proc, url = start_ui(out, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ui = start_ui(out, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, url = ui.proc, ui.url
     try:
         assert url.startswith("http://127.0.0.1:")
         assert wait_for_ui(url, proc, timeout=90), "mlflow ui did not answer"
@@ -148,8 +149,7 @@ def test_search_end_to_end_asha_mlflow_onnx_and_ui(ray_cluster, digits_small, tm
         names = {run["info"]["run_name"] for run in r.json()["runs"]}
         assert "automl" in names and {f"trial {c.data.tags['trial_id']}" for c in children} <= names
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
+        ui.stop()  # the whole process group: SIGTERM, then SIGKILL after a grace period
 
 
 @pytest.mark.timeout(240)
