@@ -232,6 +232,12 @@ def make_constrained_search(
                 config = super().suggest(trial_id)
             return config
 
+        def on_trial_result(self, trial_id: str, result: dict):
+            # a trial refused before training reports deploy metrics only: nothing to prune on
+            if isinstance(self.metric, str) and self.metric not in result:
+                return
+            super().on_trial_result(trial_id, result)
+
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
             ot_trial = self._ot_trials.get(trial_id)
             if ot_trial is not None and trial_id not in self._completed_trials and result:
@@ -351,6 +357,29 @@ def profile_shapes(goals: Goals, plan, cache_path) -> dict[str, dict[str, float]
             + (" (cached)" if cached else "")
         )
     return out
+
+
+def shape_seeds(plan, feasibility: Feasibility, budget: int) -> list[dict[str, Any]]:
+    """The first trials of a search that trades accuracy for deploy cost: one per feasible shape (partial
+    configurations: Optuna samples the other parameters), so that the front spans the latency range from the
+    start instead of wherever the sampler's first draws fall. At most half the trial budget; when more shapes
+    are feasible, an even spread over their latencies, fastest and slowest included."""
+    names = [n for n in (ARCH, INPUT_SIZE) if n in plan.space]
+    if not names or budget < 2:
+        return []
+    ranked = []
+    for arch, size in shapes(plan):
+        point = {ARCH: arch, INPUT_SIZE: size}
+        _, reason, metrics = feasibility.reason(point)
+        if reason is None:
+            ranked.append((float(metrics.get("latency_ms", 0.0)), {n: point[n] for n in names}))
+    ranked.sort(key=lambda x: x[0])
+    seeds = list({tuple(p.items()): p for _, p in ranked}.values())  # pinned parameters repeat points
+    k = min(len(seeds), budget // 2)
+    if k < len(seeds):
+        picks = sorted({round(i * (len(seeds) - 1) / max(k - 1, 1)) for i in range(k)})
+        seeds = [seeds[i] for i in picks]
+    return seeds
 
 
 # --------------------------------------------------------------------------------------- after the search

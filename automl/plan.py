@@ -237,7 +237,13 @@ def plan_search(
     else:
         metric, mode = resolve_objective(cfg, raw, metric, mode, skill_metric)
     goals = Goals.of(
-        objectives, constraints, metric=metric, mode=mode, latency_batch=latency_batch, pick=pick
+        objectives,
+        constraints,
+        metric=metric,
+        mode=mode,
+        latency_batch=latency_batch,
+        pick=pick,
+        weights=objective_weights,
     )
     for name in goals.training_metrics():  # each training metric must be one this spec reports
         resolve_objective(cfg, raw, name, METRIC_MODES[name], skill_metric)

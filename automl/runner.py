@@ -52,7 +52,7 @@ from automl.experiment import (
 )
 from automl.finish import finish
 from automl.ledger import Ledger, make_ledger_callback, make_stopper
-from automl.multi_objective import Feasibility, make_constrained_search, profile_shapes
+from automl.multi_objective import Feasibility, make_constrained_search, profile_shapes, shape_seeds
 from automl.options import SearchOptions
 from automl.plan import ResolvedSpec, SearchPlan, absolute_overrides, max_epochs, preflight_data
 from automl.ray_session import (
@@ -516,7 +516,7 @@ def _search_algorithm(r: dict[str, Any], search: Search, session: RaySession) ->
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     files.root.mkdir(parents=True, exist_ok=True)
-    goals = plan.goals
+    goals, fresh = plan.goals, not files.journal.exists()
     kwargs = dict(
         space=define_by_run(plan.space),
         metric=goals.metrics if goals.multi else plan.metric,
@@ -530,8 +530,15 @@ def _search_algorithm(r: dict[str, Any], search: Search, session: RaySession) ->
         feasible = Feasibility(
             goals, search.deploy, cfg.model.arch, cfg.dataset.augmentation.input_size, files.refused
         )
+        seeds = shape_seeds(plan, feasible, n) if goals.several and fresh else []
+        if seeds:
+            print(f"automl: {len(seeds)} first trial(s): one per feasible model shape, fastest to slowest")
         searcher = make_constrained_search(
-            goals.constraints, goals.metrics if goals.multi else [plan.metric], feasible, **kwargs
+            goals.constraints,
+            goals.metrics if goals.multi else [plan.metric],
+            feasible,
+            points_to_evaluate=seeds or None,
+            **kwargs,
         )
     else:
         searcher = OptunaSearch(**kwargs)

@@ -34,6 +34,76 @@ def _finetune_spec(write_spec, tmp_path, digits) -> str:
     )
 
 
+def test_objective_weights_search_the_weighted_score_over_the_architecture(write_spec, tmp_path, digits):
+    from automl.multi_objective import ARCH, INPUT_SIZE, WEIGHTED
+    from automl.plan import plan_search
+
+    spec = _finetune_spec(write_spec, tmp_path, digits)
+    goals = ("ACC_all:max", "latency_ms:min")
+    plan = plan_search(spec, objectives=goals, objective_weights=(1.0, 0.1))
+    assert plan.goals.weights == (1.0, 0.1) and (plan.metric, plan.mode) == (WEIGHTED, "max")
+    assert not plan.goals.multi and {ARCH, INPUT_SIZE} <= set(plan.space.names)  # same space as MO
+    assert plan.goals.weighted({"ACC_all": 0.9, "latency_ms": 2.0}) == pytest.approx(0.9 - 0.2)
+    mo = plan_search(spec, objectives=goals)
+    assert mo.goals.multi and mo.metric == "ACC_all" and set(mo.space.names) == set(plan.space.names)
+
+
+def test_a_result_without_the_scalar_metric_is_not_reported_to_optuna():
+    from automl.multi_objective import WEIGHTED, make_constrained_search
+    from automl.parameters import Parameter
+    from automl.plan import define_by_run
+    from automl.space import SearchSpace
+
+    space = SearchSpace((Parameter("train.optim.lr", "float", low=1e-4, high=1e-2, log=True),))
+    searcher = make_constrained_search(
+        (), [WEIGHTED], space=define_by_run(space), metric=WEIGHTED, mode="max"
+    )
+    assert searcher.suggest("t1") is not None
+    searcher.on_trial_result("t1", {"latency_ms": 30.0, "training_iteration": 1})  # refused: deploy only
+    searcher.on_trial_result("t1", {WEIGHTED: 0.5, "training_iteration": 1})
+    assert searcher._ot_trials["t1"].storage.get_trial(
+        searcher._ot_trials["t1"]._trial_id
+    ).intermediate_values == {1: 0.5}
+
+
+def test_shape_seeds_cover_the_feasible_shapes_fastest_first():
+    from types import SimpleNamespace
+
+    from automl.multi_objective import ARCH, INPUT_SIZE, Feasibility, Goals, shape_seeds
+    from automl.parameters import Parameter
+    from automl.space import SearchSpace
+
+    archs, sizes = ("micro", "tiny", "small"), (16, 24, 32)
+    space = SearchSpace(
+        (
+            Parameter(ARCH, "categorical", choices=archs),
+            Parameter(INPUT_SIZE, "categorical", choices=sizes),
+            Parameter("train.optim.lr", "float", low=1e-4, high=1e-2, log=True),
+        )
+    )
+    cfg = SimpleNamespace(
+        model=SimpleNamespace(arch="micro"),
+        dataset=SimpleNamespace(augmentation=SimpleNamespace(input_size=32)),
+    )
+    plan = SimpleNamespace(space=space, config=cfg)
+    # latency grows with the model and the input; the limit lets 5 of the 9 shapes through
+    deploy = {
+        f"{a}@{s}": {"latency_ms": (i + 1) * s / 8 + i / 10} for i, a in enumerate(archs) for s in sizes
+    }
+    goals = Goals.of(("ACC_all:max", "latency_ms:min"), ("latency_ms<=6.15",), metric="ACC_all", mode="max")
+    feasibility = Feasibility(goals, deploy, "micro", 32, "unused.json")
+    assert (
+        len(feasible := sorted((m["latency_ms"], k) for k, m in deploy.items() if m["latency_ms"] <= 6.15))
+        == 5
+    )
+    seeds = shape_seeds(plan, feasibility, budget=12)
+    assert [f"{p[ARCH]}@{p[INPUT_SIZE]}" for p in seeds] == [k for _, k in feasible]
+    assert all(set(p) == {ARCH, INPUT_SIZE} for p in seeds)  # Optuna samples the rest
+    few = shape_seeds(plan, feasibility, budget=6)  # at most half the budget: the two ends and the middle
+    assert [f"{p[ARCH]}@{p[INPUT_SIZE]}" for p in few] == [feasible[0][1], feasible[2][1], feasible[4][1]]
+    assert shape_seeds(plan, feasibility, budget=1) == []
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_latency_constrained_search_front_and_feasibility(write_spec, tmp_path, digits):

@@ -1,5 +1,5 @@
 """The multi-objective benchmark (benchmarks/multi_objective): the anytime hypervolume and its figures on known
-values, the latency limit, the records, the weighted arm's workarounds, and a --quick run that checks the
+values, the latency limit, the records, and a --quick run that checks the
 harness end to end (every arm and seed, monotone curves, the JSON's keys), not the result."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import math
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 
 import pytest
 
@@ -121,30 +120,6 @@ def test_runs_folder_of_another_budget_is_refused(tmp_path):
     harness.check_root(tmp_path, {"budget": {"trials": 2}, "limit_ms": 4.0, "pins": []})
     with pytest.raises(ConfigError, match="another benchmark"):
         harness.check_root(tmp_path, {"budget": {"trials": 8}, "limit_ms": 4.0, "pins": []})
-
-
-def test_weighted_arm_plans_the_weighted_score_and_survives_a_result_without_it(monkeypatch):
-    import automl.plan as plan_mod
-    import automl.runner as runner_mod
-    from automl.multi_objective import WEIGHTED, Goals
-
-    @dataclass
-    class FakePlan:
-        goals: Goals
-        metric: str = "ACC_all"
-        mode: str = "max"
-
-    goals = Goals.of(harness.OBJECTIVES, (), metric="ACC_all", mode="max")
-    monkeypatch.setattr(plan_mod, "plan_search", lambda *a, **k: FakePlan(goals))
-    original = plan_mod.plan_search
-    with harness.scalarised((1.0, 0.1)):
-        plan = plan_mod.plan_search()
-        searcher = runner_mod.make_constrained_search((), [WEIGHTED], metric=WEIGHTED, mode="max")
-        searcher.on_trial_result("t1", {"latency_ms": 30.0, "training_iteration": 1})  # no KeyError
-    assert plan.goals.weights == (1.0, 0.1) and (plan.metric, plan.mode) == (WEIGHTED, "max")
-    assert plan_mod.plan_search is original
-    with harness.scalarised(()):  # the multi-objective arm: nothing changes
-        assert plan_mod.plan_search() == FakePlan(goals)
 
 
 @pytest.mark.slow

@@ -144,7 +144,6 @@ def summarize(
             a: {"description": ARMS[a].description, "objective_weights": list(ARMS[a].weights(limit))}
             for a in runs
         },
-        "product_workarounds": sorted({w for rs in runs.values() for r in rs for w in r["workarounds"]}),
         "automl_code": sorted({r["automl_code"] or "unknown" for rs in runs.values() for r in rs}),
         "seeds": sorted({r["seed"] for rs in runs.values() for r in rs}),
         "wall_s": round(seconds, 1),

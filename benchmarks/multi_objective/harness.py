@@ -17,12 +17,9 @@ shapes (`latency_limit`), so that the slower shapes are infeasible.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import math
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +29,7 @@ PROFILE_FILE = (
     "deploy_profile.json"  # automl's per-experiment cache, <results_dir>/automl/deploy_profile.json
 )
 OBJECTIVES = ("ACC_all:max", "latency_ms:min")
-RUN_FILE = "bench_run.json"  # in a run's folder: the product's code version and the workarounds that acted
+RUN_FILE = "bench_run.json"  # in a run's folder: the product's code version
 
 # Finetuning from scratch (no train.pretrained_model_path), so that the architecture can be searched. Batch 32:
 # 38 steps an epoch on the ~1,200 training digits, so that a few epochs separate good settings from bad ones.
@@ -185,76 +182,14 @@ def run_search(
         cache = out / "automl" / PROFILE_FILE
         cache.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(profile_file, cache)  # the shared measurement: the runner reads it, measures nothing
-        WORKAROUNDS.clear()
         code = code_fingerprint()
-        with scalarised(weights):
-            automl.run(str(spec), overrides, automl.SearchOptions(**options))
-        atomic_write_json(out / RUN_FILE, {"workarounds": sorted(WORKAROUNDS), "automl_code": code})
+        automl.run(str(spec), overrides, automl.SearchOptions(**options))
+        atomic_write_json(out / RUN_FILE, {"automl_code": code})
     rec = record_of(out, limit)
     meta = json.loads((out / RUN_FILE).read_text()) if (out / RUN_FILE).exists() else {}
-    rec["workarounds"] = meta.get("workarounds", [])
     rec["automl_code"] = meta.get("automl_code")
     rec.update(arm=arm.name, seed=seed, options=_plain(options))
     return rec
-
-
-# Product bugs met by the weighted arm (reported to the lead, see the module's notes), worked around here
-# only while they hold; each records itself in WORKAROUNDS when it acts, and the JSON lists them.
-WORKAROUNDS: set[str] = set()
-
-
-@contextlib.contextmanager
-def scalarised(weights: tuple[float, ...]) -> Iterator[None]:
-    """Makes the weighted arm search what `--objective-weights` means, where the product does not yet:
-
-    1. automl.plan.plan_search receives `objective_weights` but does not hand them to Goals.of, so the plan
-       searches the two objectives (MOTPE) instead of their weighted sum. The plan is completed here exactly as
-       plan_search means to: goals with the weights, metric weighted_score, mode max.
-    2. With one metric, automl.multi_objective.make_constrained_search's searcher takes Ray's
-       OptunaSearch.on_trial_result, which reads result[metric]: a configuration refused before training
-       reports no weighted_score and the KeyError ends the whole search. Such a result is skipped here (the
-       trial's end still tells Optuna it was pruned and its constraint values, as the product intends).
-    """
-    if not weights:
-        yield
-        return
-    import automl.plan as plan_mod
-    import automl.runner as runner_mod
-    from automl.multi_objective import WEIGHTED
-
-    original_plan, original_search = plan_mod.plan_search, runner_mod.make_constrained_search
-
-    def plan_search(*args, **kwargs):
-        plan = original_plan(*args, **kwargs)
-        if plan.goals.weights:
-            return plan
-        WORKAROUNDS.add("automl.plan.plan_search drops objective_weights: applied by the benchmark")
-        goals = dataclasses.replace(plan.goals, weights=tuple(float(w) for w in weights))
-        return dataclasses.replace(plan, goals=goals, metric=WEIGHTED, mode="max")
-
-    def make_constrained_search(*args, **kwargs):
-        searcher = original_search(*args, **kwargs)
-        cls = type(searcher)  # a class of its own per call (made inside the product's function)
-        if "on_trial_result" not in cls.__dict__:
-
-            def on_trial_result(self, trial_id, result):
-                if isinstance(self.metric, str) and self.metric not in result:
-                    WORKAROUNDS.add(
-                        "automl.multi_objective.make_constrained_search: KeyError on a result without the "
-                        "metric (a trial refused before training): skipped by the benchmark"
-                    )
-                    return
-                super(cls, self).on_trial_result(trial_id, result)
-
-            cls.on_trial_result = on_trial_result
-        return searcher
-
-    plan_mod.plan_search = plan_search
-    runner_mod.make_constrained_search = make_constrained_search
-    try:
-        yield
-    finally:
-        plan_mod.plan_search, runner_mod.make_constrained_search = original_plan, original_search
 
 
 def code_fingerprint() -> str:
