@@ -44,15 +44,22 @@ def main(argv: list[str] | None = None) -> int:
         help="the latency limit X lets this many of the fastest measured shapes through",
     )
     p.add_argument(
+        "--recipe",
+        choices=("searched", "fixed"),
+        default="fixed",
+        help="fixed: the from-scratch recipe pinned (harness.FIXED_RECIPE), the shapes, weight decay and "
+        "schedule searched; searched: the whole finetune space as well",
+    )
+    p.add_argument(
         "--out", default=None, help="runs folder, kept and resumable (default: results/bench_multi_objective)"
     )
     p.add_argument("--json", default=None, help="default: benchmarks/results/multi_objective.json")
     p.add_argument("--png", default=None, help="default: beside the JSON, <name>.png")
     args = p.parse_args(argv)
-    pins: list[str] = []
+    pins: list[str] = list(harness.FIXED_RECIPE) if args.recipe == "fixed" else []
     if args.quick:
         args.seeds, args.trials, args.epochs, args.feasible_shapes = 2, 2, 1, 2
-        pins = ["model.arch=vit_micro_patch4"]
+        pins.append("model.arch=vit_micro_patch4")
         args.arms = args.arms or ["ours", "weighted-balanced"]
     args.arms = args.arms or list(ARMS)
     root = Path(args.out or ("results/bench_multi_objective" + ("_quick" if args.quick else ""))).resolve()
