@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.multi_objective import harness, report  # noqa: E402
 from benchmarks.multi_objective.harness import ARMS, Budget  # noqa: E402
+from benchmarks.search import report as search_report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     from mae.fileio import atomic_write_text
 
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json_path, json.dumps(_finite(out), indent=1) + "\n")
+    atomic_write_text(json_path, json.dumps(search_report.strict_json(out), indent=1) + "\n")
     print_table(out)
     print(f"\n{json_path} and {png} in {time.time() - t0:.0f} s")
     return 0
@@ -180,17 +181,6 @@ def print_table(out: dict) -> None:
             f"trial-epochs; trial-epochs for ours to reach {arm}'s final HV: median "
             f"{d[f'median_ours_epochs_to_{arm}_final']} ({arm} itself: {d[f'median_{arm}_epochs_to_own_final']})"
         )
-
-
-def _finite(x):
-    """Strict JSON: a count never reached is written "inf"."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return "inf" if x > 0 else ("-inf" if x < 0 else None)
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
 
 
 if __name__ == "__main__":

@@ -228,10 +228,6 @@ def _plain(options: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _finite(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
-
-
 @dataclass
 class Event:
     """One trial-epoch's result, in the order results arrived (state.json's `seq`)."""
@@ -247,6 +243,7 @@ def record_of(out: Path, limit: float) -> dict[str, Any]:
     arrival order (the anytime hypervolume is computed from these), every trial's shape, status and best
     accuracy, the infeasible configurations (refused before training), and the product's own summary figures."""
     from benchmarks.multi_objective.report import hv_curve
+    from benchmarks.search.harness import finite
 
     state = json.loads((out / "automl" / "state.json").read_text())
     summary = json.loads((out / "automl" / "summary.json").read_text())
@@ -257,12 +254,12 @@ def record_of(out: Path, limit: float) -> dict[str, Any]:
         for h in hist.values():
             if "seq" in h:  # a trial refused before training has no history: it cost no trial-epoch
                 events.append(
-                    Event(int(h["seq"]), tid, _finite(h.get("ACC_all")), _finite(h.get("latency_ms")))
+                    Event(int(h["seq"]), tid, finite(h.get("ACC_all")), finite(h.get("latency_ms")))
                 )
         cfg = t.get("config") or {}
-        accs = [a for a in (_finite(hist[e].get("ACC_all")) for e in sorted(hist)) if a is not None]
+        accs = [a for a in (finite(hist[e].get("ACC_all")) for e in sorted(hist)) if a is not None]
         deploy = t.get("deploy") or {}
-        lat = next((_finite(h.get("latency_ms")) for h in hist.values() if "latency_ms" in h), None)
+        lat = next((finite(h.get("latency_ms")) for h in hist.values() if "latency_ms" in h), None)
         trials.append(
             {
                 "trial_id": tid,
@@ -271,7 +268,7 @@ def record_of(out: Path, limit: float) -> dict[str, Any]:
                 "input_size": cfg.get("dataset.augmentation.input_size"),
                 "epochs": len(hist),
                 "best_acc": max(accs) if accs else None,
-                "latency_ms": lat if lat is not None else _finite(deploy.get("latency_ms")),
+                "latency_ms": lat if lat is not None else finite(deploy.get("latency_ms")),
                 "infeasible": t.get("infeasible"),
             }
         )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from mae.fileio import atomic_write_text
 
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json_path, json.dumps(_finite(out), indent=1, default=str) + "\n")
+    atomic_write_text(json_path, json.dumps(report.strict_json(out), indent=1, default=str) + "\n")
     print_figures(out)
     print(f"\n{json_path} and {png} in {time.time() - t0:.0f} s")
     return 0
@@ -220,17 +219,6 @@ def print_figures(out: dict) -> None:
         )
     for arm, d in f.get("equal_trial_epochs", {}).items():
         print(f"  ours vs {arm} at equal trial-epochs: ours wins {d['ours_wins']}")
-
-
-def _finite(x):
-    """Strict JSON: an infinite count of trial-epochs (a target never reached) is written "inf"."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return "inf" if x > 0 else ("-inf" if x < 0 else None)
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
 
 
 if __name__ == "__main__":
