@@ -177,6 +177,7 @@ def finetune_all(arms, seeds, data, root: Path, epochs: int, *, probe_only: bool
 def summarize(runs, args, budget: Budget, seconds: float) -> dict:
     arms = list(runs)
     figures: dict = {"downstream": report.downstream(runs, arms)}
+    figures["selected_encoders_spearman_with_finetune_top1"] = report.selected_correlations(runs)
     for arm in arms:
         if arm != "tao" and "tao" in runs:
             figures.setdefault("trial_epochs_to_tao_best", {})[arm] = report.time_to_tao(runs, arm)
@@ -211,8 +212,12 @@ def print_figures(out: dict) -> None:
     for arm, vs in f["downstream"]["vs"].items():
         for k, d in vs.items():
             print(
-                f"  ours - {arm} {k}: median {d['median_diff']} ci95 {d['ci95']}; ours >= {arm}: {d['ours_ge']}"
+                f"  ours - {arm} {k}: median {d['median_diff']} ci95 {d['ci95']}; ours >= {arm}: {d['ours_ge']} "
+                f"(wins, ties, losses: {d['ours_wins_ties_losses']})"
             )
+    for scope, d in f["selected_encoders_spearman_with_finetune_top1"].items():
+        shown = ", ".join(f"{k} {v['rho'] and round(v['rho'], 2)} (n {v['n']})" for k, v in d.items())
+        print(f"  Spearman with finetune top-1 over the selected encoders, {scope}: {shown}")
     for arm, d in f.get("trial_epochs_to_tao_best", {}).items():
         print(
             f"  {arm} / tao trial-epochs to TAO's best: median {d['median_ratio']} ci95 {d['ci95']} ({d['reached']})"

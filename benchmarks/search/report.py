@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -132,20 +133,51 @@ def downstream(runs: dict[str, list[dict]], arms: Sequence[str], base: str = "ou
             continue
         vs: dict[str, Any] = {}
         for name in DOWNSTREAM:
-            diffs, ge = [], 0
+            diffs = []
             for r_base, r_arm in _paired(runs, base, arm):
                 a, b = _value(r_base, name), _value(r_arm, name)
-                if a is None or b is None:
-                    continue
-                diffs.append(a - b)
-                ge += a >= b
+                if a is not None and b is not None:
+                    diffs.append(a - b)
+            ties = sum(d == 0 for d in diffs)  # the same encoder selected (e.g. a shared start-up trial)
             vs[name] = {
                 "diff": diffs,
                 "median_diff": median(diffs),
                 "ci95": bootstrap_median(diffs),
-                f"{base}_ge": f"{ge} of {len(diffs)}",
+                f"{base}_ge": f"{sum(d >= 0 for d in diffs)} of {len(diffs)}",
+                f"{base}_wins_ties_losses": [sum(d > 0 for d in diffs), ties, sum(d < 0 for d in diffs)],
             }
         out["vs"][arm] = vs
+    return out
+
+
+def selected_correlations(runs: dict[str, list[dict]], target: str = "finetune_top1") -> dict[str, Any]:
+    """Spearman of each selected encoder's train_loss, knn_acc, probes and learning rate with its `target`,
+    over the distinct encoders the searches selected (one per configuration and seed: two arms that select
+    the same start-up trial count once), for every arm and for our curated space only (TAO's arm left out)."""
+    from benchmarks.search.correlation import spearman
+
+    rows: dict[tuple, dict] = {}
+    for arm, rs in runs.items():
+        for r in rs:
+            sel = r.get("selected")
+            if sel is None or _value(r, target) is None:
+                continue
+            key = (r["seed"], json.dumps(sel.get("config"), sort_keys=True, default=str))
+            rows.setdefault(key, {"arm": arm, "sel": sel, "r": r})
+    measures = {
+        "train_loss": lambda x: x["sel"].get("train_loss"),
+        "knn_acc": lambda x: x["sel"].get("knn_acc"),
+        "probe_top1": lambda x: _value(x["r"], "probe_top1"),
+        "val_probe_top1": lambda x: _value(x["r"], "val_probe_top1"),
+        "lr": lambda x: (x["sel"].get("config") or {}).get("train.optim.lr"),
+    }
+    out: dict[str, Any] = {}
+    for scope, pool in (
+        ("all_arms", list(rows.values())),
+        ("our_space", [x for x in rows.values() if x["arm"] != "tao"]),
+    ):
+        y = [_value(x["r"], target) for x in pool]
+        out[scope] = {name: spearman([f(x) for x in pool], y) for name, f in measures.items()}
     return out
 
 
