@@ -72,7 +72,9 @@ def test_no_import_cycles_at_module_level():
     }
     # a package's __init__ importing its own submodules is how packages re-export; not a cycle of concepts
     for name in graph:
-        graph[name] = {d for d in graph[name] if not (name.startswith(d + ".") and modules[d].name == "__init__.py")}
+        graph[name] = {
+            d for d in graph[name] if not (name.startswith(d + ".") and modules[d].name == "__init__.py")
+        }
     state: dict[str, int] = {}
     cycles = []
 
@@ -123,5 +125,7 @@ def test_shared_facts_are_torch_free(name):
 
 
 def test_no_module_is_too_long():
-    long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    long = {
+        name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
     assert long == {}

@@ -68,9 +68,7 @@ def test_a_result_without_the_scalar_metric_is_not_reported_to_optuna():
     assert searcher.suggest("t1") is not None
     searcher.on_trial_result("t1", {"latency_ms": 30.0, "training_iteration": 1})  # refused: deploy only
     searcher.on_trial_result("t1", {WEIGHTED: 0.5, "training_iteration": 1})
-    assert searcher._ot_trials["t1"].storage.get_trial(
-        searcher._ot_trials["t1"]._trial_id
-    ).intermediate_values == {1: 0.5}
+    assert searcher._ot_study.trials[0].intermediate_values == {1: 0.5}
 
 
 def test_shape_seeds_cover_the_feasible_shapes_fastest_first():

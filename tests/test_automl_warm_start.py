@@ -19,11 +19,18 @@ from mae.errors import ConfigError
 def _experiment(root, trials, *, stage="pretrain", metric="train_loss", mode="min"):
     exp = root / "automl"
     exp.mkdir(parents=True)
-    (exp / "experiment.json").write_text(json.dumps({"stage": stage, "metric": metric, "mode": mode, "rounds": []}))
+    (exp / "experiment.json").write_text(
+        json.dumps({"stage": stage, "metric": metric, "mode": mode, "rounds": []})
+    )
     state = {"trials": {}}
     for i, (config, value) in enumerate(trials):
         best = None if value is None else {"value": value, "epoch": 1}
-        state["trials"][f"t{i}"] = {"trial_id": f"t{i}", "config": config, "best": best, "status": "completed"}
+        state["trials"][f"t{i}"] = {
+            "trial_id": f"t{i}",
+            "config": config,
+            "best": best,
+            "status": "completed",
+        }
     (exp / "state.json").write_text(json.dumps(state))
     return root
 
@@ -53,12 +60,17 @@ def test_compatible_and_narrower_spaces(tmp_path, space):
     assert len(warm.trials) == 1 and warm.left_out == 1 and warm.experiments == 1
     params, _, value = warm.trials[0]
     assert value == 0.7 and "not.searched.here" not in params
-    assert warm.notice().startswith("--warm-start: 1 finished trials of 1 earlier experiment(s) used (1 left out")
+    assert warm.notice().startswith(
+        "--warm-start: 1 finished trials of 1 earlier experiment(s) used (1 left out"
+    )
 
     narrower = build_space(stage="pretrain", params=[f"{lr_name}=loguniform(5e-5, 2e-4)"]).bind(
         {"train.num_epochs": 10}
     )
-    assert len(read_warm_start([str(old)], narrower, stage="pretrain", metric="train_loss", mode="min").trials) == 1
+    assert (
+        len(read_warm_start([str(old)], narrower, stage="pretrain", metric="train_loss", mode="min").trials)
+        == 1
+    )
     narrowest = build_space(stage="pretrain", params=[f"{lr_name}=loguniform(2e-4, 1e-3)"]).bind(
         {"train.num_epochs": 10}
     )
@@ -109,7 +121,9 @@ def test_cli_missing_folder_is_one_line_before_anything_starts(tmp_path, capsys,
 
     Image.new("RGB", (8, 8)).save(data / "a" / "x.png")
     spec = write_spec({"results_dir": str(tmp_path / "r"), "dataset": {"train_data_sources": str(data)}})
-    rc = automl_main(["run", "-e", str(spec), "--warm-start", str(tmp_path / "gone"), str(tmp_path / "gone2")])
+    rc = automl_main(
+        ["run", "-e", str(spec), "--warm-start", str(tmp_path / "gone"), str(tmp_path / "gone2")]
+    )
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert rc == 2
     assert err == [

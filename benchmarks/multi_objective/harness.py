@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.search.harness import finished, finite
+from mae.layout import ExperimentLayout
+
 REPO = Path(__file__).resolve().parents[2]
 PROFILE_FILE = (
     "deploy_profile.json"  # automl's per-experiment cache, <results_dir>/automl/deploy_profile.json
@@ -193,7 +196,7 @@ def run_search(
     }
     overrides = [f"results_dir={out}", *data_overrides(data), f"train.num_epochs={budget.epochs}", *pins]
     if not finished(out):
-        cache = out / "automl" / PROFILE_FILE
+        cache = ExperimentLayout(out).deploy_profile
         cache.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(profile_file, cache)  # the shared measurement: the runner reads it, measures nothing
         code = code_fingerprint()
@@ -217,11 +220,6 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:12]
 
 
-def finished(out: Path) -> bool:
-    path = out / "automl" / "summary.json"
-    return path.exists() and bool(json.loads(path.read_text()).get("finished"))
-
-
 def _plain(options: dict[str, Any]) -> dict[str, Any]:
     return {
         k: list(v) if isinstance(v, tuple) else v for k, v in options.items() if k != "progress_interval_s"
@@ -243,10 +241,9 @@ def record_of(out: Path, limit: float) -> dict[str, Any]:
     arrival order (the anytime hypervolume is computed from these), every trial's shape, status and best
     accuracy, the infeasible configurations (refused before training), and the product's own summary figures."""
     from benchmarks.multi_objective.report import hv_curve
-    from benchmarks.search.harness import finite
 
-    state = json.loads((out / "automl" / "state.json").read_text())
-    summary = json.loads((out / "automl" / "summary.json").read_text())
+    files = ExperimentLayout(out)
+    state, summary = files.read("state"), files.read("summary")
     events: list[Event] = []
     trials = []
     for tid, t in state["trials"].items():
@@ -274,8 +271,8 @@ def record_of(out: Path, limit: float) -> dict[str, Any]:
         )
     # proposals refused before they became trials (the product's feasibility check at proposal time)
     refused = summary.get("refused")
-    if refused is None and (out / "automl" / "refused.json").exists():
-        refused = json.loads((out / "automl" / "refused.json").read_text())
+    if refused is None and files.refused.exists():
+        refused = json.loads(files.refused.read_text())
     refused = refused or []
     events.sort(key=lambda e: e.seq)
     curve = hv_curve([(e.acc, e.latency_ms) for e in events], limit)

@@ -7,7 +7,6 @@ a benchmark run share one local Ray session, started here, so no search pays Ray
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -94,8 +93,10 @@ def run_search(
 
 
 def finished(out: Path) -> bool:
-    path = out / "automl" / "summary.json"
-    return path.exists() and bool(json.loads(path.read_text()).get("finished"))
+    from mae.layout import ExperimentLayout
+
+    summary = ExperimentLayout(out).read("summary")
+    return bool(summary and summary.get("finished"))
 
 
 def _plain(options: dict[str, Any]) -> dict[str, Any]:
@@ -110,11 +111,11 @@ def finite(x: Any) -> float | None:
 
 def _epoch_checkpoint(out: Path, tid: str, entry: dict) -> str | None:
     """The checkpoint of one reported epoch: the Tune checkpoint reported with it, else the trial's last.ckpt."""
-    from mae.layout import TUNE_CHECKPOINT_FILE
+    from mae.layout import TUNE_CHECKPOINT_FILE, ExperimentLayout, TrainLayout
 
     for path in (
         Path(entry.get("checkpoint") or "/nonexistent") / TUNE_CHECKPOINT_FILE,
-        out / "automl" / "trials" / tid / "checkpoints" / "last.ckpt",
+        TrainLayout(ExperimentLayout(out).trial_dir(tid)).last,
     ):
         if path.is_file():
             return str(path)
@@ -125,8 +126,10 @@ def record_of(out: Path) -> dict[str, Any]:
     """What the benchmark keeps of a finished search: the anytime curve (the best train_loss after each
     trial-epoch, in the order the results arrived: state.json's `seq`), every trial's configuration and
     per-epoch train_loss/knn_acc, and the selected encoder (the best trial by the search's objective)."""
-    state = json.loads((out / "automl" / "state.json").read_text())
-    summary = json.loads((out / "automl" / "summary.json").read_text())
+    from mae.layout import ExperimentLayout
+
+    files = ExperimentLayout(out)
+    state, summary = files.read("state"), files.read("summary")
     events = []  # (seq, train_loss)
     trials = []
     for tid, t in state["trials"].items():
@@ -160,7 +163,7 @@ def record_of(out: Path) -> dict[str, Any]:
         h = (t.get("history") or {}).get(str(epoch)) or {}
         # the product's name for a trial's best epoch: its folder automl/trials/<trial_id> (mae resolves it to
         # the Tune checkpoint of that epoch, or the folder's best.ckpt)
-        ckpt = out / "automl" / "trials" / tid
+        ckpt = files.trial_dir(tid)
         selected = {
             "trial_id": tid,
             "epoch": epoch,
