@@ -47,7 +47,10 @@ def _alive(pid: int) -> bool:
 
 
 def _port_free(port: int) -> bool:
+    """Nothing listens on `port`. SO_REUSEADDR, as any server sets it, so that the TIME_WAIT left by our own
+    HTTP probes does not count; a live listener still makes the bind fail."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
