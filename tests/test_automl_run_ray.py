@@ -352,7 +352,7 @@ def _check_pause_resume(out: Path, n: int) -> dict:
     return summary
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(900)  # three CLI runs (inner limits 200 + 300 + 300 s); 420 s timed out under load
 def test_sigkill_of_the_driver_then_resume_then_extend(digits_small, tmp_path):
     """The CLI in a subprocess on its own local Ray (the default): killed with SIGKILL once a trial finished,
     rerun with the same command (finished trials kept, the experiment completes), then --extend 2."""

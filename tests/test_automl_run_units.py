@@ -389,6 +389,53 @@ def test_summary_and_status(tmp_path):
         experiment_status(tmp_path / "nothing")
 
 
+def _knn_trial(tid: str, loss_by_epoch: list[float], knn_by_epoch: list[float]) -> dict:
+    history = {
+        str(i + 1): {"train_loss": loss, "knn_acc": knn, "epoch": i, "checkpoint": f"/{tid}/ck{i}"}
+        for i, (loss, knn) in enumerate(zip(loss_by_epoch, knn_by_epoch, strict=True))
+    }
+    best_it = min(history, key=lambda k: history[k]["train_loss"])
+    return {
+        "trial_id": tid,
+        "status": "completed",
+        "epochs": len(history),
+        "history": history,
+        "best": {"value": history[best_it]["train_loss"], "epoch": int(best_it), "iteration": int(best_it)},
+    }
+
+
+def test_the_summary_flags_a_trial_whose_encoder_is_likely_better(tmp_path):
+    from automl.report import KNN_MARGIN, encoder_check
+
+    selected = _knn_trial("sel", [1.0, 0.7, 0.6], [0.50, 0.45, 0.40])
+    rival = _knn_trial("riv", [1.2, 0.9, 0.8], [0.50, 0.52, 0.47])
+    early = _knn_trial(
+        "early", [2.0], [0.90]
+    )  # kNN favours barely trained encoders: other lengths never count
+    close = _knn_trial("close", [1.1, 0.8, 0.7], [0.5, 0.5, 0.40 + KNN_MARGIN / 2])
+    state = {"trials": {t["trial_id"]: t for t in (selected, rival, early, close)}}
+    best = best_trial(state, "min")
+    assert best["trial_id"] == "sel"
+    flag = encoder_check(state, best, "train_loss")
+    assert flag["trial_id"] == "riv" and flag["epoch"] == 3 and flag["checkpoint"] == "/riv/ck2"
+    assert flag["knn_acc"] == pytest.approx(0.47) and flag["selected_knn_acc"] == pytest.approx(0.40)
+    assert flag["train_loss"] == pytest.approx(0.8)
+    # within the margin, searching knn_acc itself, or without knn_acc: nothing to say
+    state_close = {"trials": {t["trial_id"]: t for t in (selected, early, close)}}
+    assert encoder_check(state_close, best, "train_loss") is None
+    assert encoder_check(state, best, "knn_acc") is None
+    # the summary carries it and the printed summary warns
+    files, exp, _ = _write_experiment(tmp_path)
+    state = {"trials": {t["trial_id"]: t for t in (selected, rival)}}
+    summary = build_summary(files, exp, state, best_trial(state, "min"), None)
+    assert summary["encoder_check"]["trial_id"] == "riv"
+    assert "automl: warning: trial riv has knn_acc" in format_summary(summary)
+    for t in state["trials"].values():
+        for h in t["history"].values():
+            h.pop("knn_acc")
+    assert encoder_check(state, best, "train_loss") is None
+
+
 def test_status_cli(tmp_path, capsys):
     _write_experiment(tmp_path, finished=False)
     assert automl_main(["status", str(tmp_path)]) == 0
