@@ -28,24 +28,25 @@ def check_all(root: Path, data: dict[str, Path]) -> list[dict]:
     from automl.report import encoder_check
     from benchmarks.search.downstream import probe_top1
     from benchmarks.search.harness import finished
-    from mae.layout import ExperimentLayout
+    from mae.layout import TUNE_CHECKPOINT_FILE, ExperimentLayout
 
     rows = []
     for exp in sorted(p.parent for p in root.glob("*/automl")):
         if not finished(exp):
             continue
-        state = ExperimentLayout(exp).read("state") or {}
-        metric = (ExperimentLayout(exp).read("experiment") or {}).get("metric", "train_loss")
-        best = best_trial(state, "min")
-        flag = encoder_check(state, best, metric) if best else None
+        files = ExperimentLayout(exp)
+        state, settings = files.read("state") or {}, files.read("experiment") or {}
+        best = best_trial(state, settings.get("mode", "min"))
+        flag = encoder_check(state, best, settings.get("metric")) if best else None
         if flag is None:
             rows.append({"experiment": exp.name, "flagged": None})
             continue
+        # the selected encoder's probe is the one the search benchmark already cached (probe_selected's folder)
         selected = probe_top1(
-            Path(best["best"]["checkpoint"]) / "checkpoint.ckpt", data, root / f"{exp.name}-check-selected"
+            Path(best["best"]["checkpoint"]) / TUNE_CHECKPOINT_FILE, data, root / f"{exp.name}-finetune"
         )
         rival = probe_top1(
-            Path(flag["checkpoint"]) / "checkpoint.ckpt", data, root / f"{exp.name}-check-flagged"
+            Path(flag["checkpoint"]) / TUNE_CHECKPOINT_FILE, data, root / f"{exp.name}-check-flagged"
         )
         rows.append(
             {
