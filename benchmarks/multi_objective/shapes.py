@@ -1,0 +1,121 @@
+"""Does a slower model shape buy accuracy on digits? Each shape of the multi-objective space trained alone.
+
+    python -m benchmarks.multi_objective.shapes [--epochs 8] [--shapes A@S ...] [--lr 2e-3 ...] [--out DIR]
+
+A front of accuracy against latency only grows past one or two trials when a slower shape (a wider ViT or a
+larger input) ends more accurate than a faster one within the search's epochs. This trains each shape once, in
+one process on one thread, through the product's `mae train` with the benchmark's spec and fixed from-scratch
+recipe (harness.SPEC, harness.FIXED_RECIPE; `--lr` repeats each shape at other learning rates, since wider
+models may want smaller ones), and records the validation top-1 after every epoch beside the shape's measured
+latency (the benchmark's deploy profile). One seed per shape: this is a look at the trend, not an interval.
+Trained shapes are read back from --out. Writes benchmarks/results/multi_objective_shapes.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.multi_objective import harness  # noqa: E402
+
+DEFAULT_SHAPES = ("vit_micro_patch4@16", "vit_micro_patch4@24", "vit_micro_patch4@32", "vit_tiny_patch4@16")
+
+
+def train_shape(spec: Path, data: dict, shape: str, lr: float, epochs: int, out: Path) -> dict:
+    """Val top-1 after each epoch of one shape trained from scratch (read back when `out` holds it)."""
+    from mae.actions import train as train_action
+    from mae.spec import load_spec
+
+    done = out / "shape.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    arch, size = shape.split("@")
+    pins = [p for p in harness.FIXED_RECIPE if not p.startswith("train.optim.lr=")]
+    cfg = load_spec(
+        spec,
+        [
+            f"results_dir={out}",
+            *harness.data_overrides(data),
+            *pins,
+            f"train.optim.lr={lr}",
+            f"model.arch={arch}",
+            f"dataset.augmentation.input_size={size}",
+            f"train.num_epochs={epochs}",
+            "train.optim.monitor_name=ACC_all",
+            "train.seed=0",
+        ],
+        action="train",
+    )
+    t0 = time.time()
+    train_action.run(cfg)
+    acc = []
+    for line in (out / "train" / "status.json").read_text().splitlines():
+        rec = json.loads(line)
+        if (
+            "ACC_all" in (rec.get("kpi") or {}) and len(acc) < epochs
+        ):  # per epoch; the last line repeats the best
+            acc.append(round(float(rec["kpi"]["ACC_all"]), 4))
+    res = {"shape": shape, "lr": lr, "val_top1_by_epoch": acc, "seconds": round(time.time() - t0, 1)}
+    from mae.fileio import atomic_write_text
+
+    atomic_write_text(done, json.dumps(res) + "\n")
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.multi_objective.shapes", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--shapes", nargs="+", default=list(DEFAULT_SHAPES), help="ARCH@INPUT_SIZE each")
+    p.add_argument(
+        "--lr", nargs="+", type=float, default=[2e-3], help="learning rates (the fixed recipe: 2e-3)"
+    )
+    p.add_argument("--out", default="results/bench_mo_shapes", help="runs folder, kept and read back")
+    p.add_argument("--json", default=str(REPO / "benchmarks/results/multi_objective_shapes.json"))
+    args = p.parse_args(argv)
+
+    import torch
+
+    from mae.cli import setup_logging
+    from mae.data.digits import build_digits_dataset
+    from mae.fileio import atomic_write_text
+
+    torch.set_num_threads(1)  # as the deploy profile and a trial of a two-at-a-time search on two cores
+    setup_logging()
+    root = Path(args.out).resolve()
+    data = build_digits_dataset(root / "data")
+    spec = harness.write_spec(root)
+    profile = harness.measure_profile(spec, data, root, list(harness.FIXED_RECIPE))
+    t0 = time.time()
+    runs = []
+    for lr in args.lr:
+        for shape in args.shapes:
+            res = train_shape(spec, data, shape, lr, args.epochs, root / f"{shape}-lr{lr:g}")
+            res["latency_ms"] = round(float(profile[shape]["latency_ms"]), 3)
+            runs.append(res)
+            print(f"shapes: {shape} lr {lr:g}: val top-1 by epoch {res['val_top1_by_epoch']}", flush=True)
+    out = {
+        "command": "python -m benchmarks.multi_objective.shapes " + " ".join(sys.argv[1:]),
+        "spec": harness.SPEC,
+        "recipe": list(harness.FIXED_RECIPE),
+        "epochs": args.epochs,
+        "seed": 0,
+        "wall_s": round(time.time() - t0, 1),
+        "runs": runs,
+    }
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(out, indent=1) + "\n")
+    print(f"{path} in {out['wall_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
