@@ -89,7 +89,7 @@ ARMS: dict[str, Arm] = {
             untie_warmup=True,
         ),
         Arm("random", "our curated space, random search + ASHA", options={"algorithm": "random"}),
-        Arm("warm", "ours warm-started from a finished `ours` search on seed + 1000", warm_from="ours"),
+        Arm("warm", "ours warm-started from a finished `ours` search on seed + 1", warm_from="ours"),
         # candidate defaults (issue 11, point 3): adopted only if they measurably win on the selected encoder
         Arm(
             "cand-tpe-mv",
