@@ -101,6 +101,12 @@ ARMS: dict[str, Arm] = {
             "ours with the learning rate capped at 1e-3 instead of 3e-3 (TPE + ASHA)",
             space=CAND_LR_SPACE,
         ),
+        Arm(  # the random arm of the candidate's space: if the candidate became the default, its `random`
+            "cand-lr1e-3-random",
+            "random search + ASHA over the candidate space (learning rate capped at 1e-3)",
+            options={"algorithm": "random"},
+            space=CAND_LR_SPACE,
+        ),
         Arm(
             "cand-asha-rf2",
             "ours with ASHA keeping the best half at each rung (reduction factor 2) instead of a third",
