@@ -98,8 +98,10 @@ def run_all(arms, seeds, budget, data, root: Path, finetune_epochs: int | None) 
         for name in arms:
             arm = ARMS[name]
             extra = None
-            if arm.warm_from:  # the source: that arm's search on the next seed (run here if needed; the
-                src_seed = seed + 1  # benchmark's own runs of seed + 1 serve, so a warm seed costs one search)
+            if arm.warm_from:
+                # the source: that arm's search on the next seed, run here if needed (the benchmark's own
+                # runs of seed + 1 serve, so a warm seed costs one search)
+                src_seed = seed + 1
                 src = root / f"{arm.warm_from}-{src_seed}"
                 run_search(arm.warm_from, src_seed, budget, data, src)
                 extra = {"warm_start": (str(src),)}
