@@ -30,6 +30,8 @@ DEFAULT_SHAPES = ("vit_micro_patch4@16", "vit_micro_patch4@24", "vit_micro_patch
 def train_shape(spec: Path, data: dict, shape: str, lr: float, epochs: int, out: Path) -> dict:
     """Val top-1 after each epoch of one shape trained from scratch (read back when `out` holds it)."""
     from mae.actions import train as train_action
+    from mae.fileio import atomic_write_text
+    from mae.layout import TrainLayout
     from mae.spec import load_spec
 
     done = out / "shape.json"
@@ -54,16 +56,10 @@ def train_shape(spec: Path, data: dict, shape: str, lr: float, epochs: int, out:
     )
     t0 = time.time()
     train_action.run(cfg)
-    acc = []
-    for line in (out / "train" / "status.json").read_text().splitlines():
-        rec = json.loads(line)
-        if (
-            "ACC_all" in (rec.get("kpi") or {}) and len(acc) < epochs
-        ):  # per epoch; the last line repeats the best
-            acc.append(round(float(rec["kpi"]["ACC_all"]), 4))
+    lines = [json.loads(line) for line in TrainLayout(out / "train").status.read_text().splitlines()]
+    # the per-epoch lines carry "epoch"; the final SUCCESS line repeats the best epoch's metrics without it
+    acc = [round(float(r["kpi"]["ACC_all"]), 4) for r in lines if "epoch" in r and "kpi" in r]
     res = {"shape": shape, "lr": lr, "val_top1_by_epoch": acc, "seconds": round(time.time() - t0, 1)}
-    from mae.fileio import atomic_write_text
-
     atomic_write_text(done, json.dumps(res) + "\n")
     return res
 

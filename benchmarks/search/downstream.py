@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.search.harness import DEMO_SPEC
+from mae.layout import TrainLayout
 
 # One recipe for every encoder: 10 epochs (--finetune-epochs), AdamW at a fixed peak lr, no warmup, cosine decay,
 # the demo's batch and augmentation, the schema's finetune defaults otherwise (layer decay 0.75, drop path
@@ -70,7 +71,7 @@ def finetune_top1(
 
 
 def _result(m: dict[str, Any], out: Path, seconds: float | None) -> dict:
-    status = out / "train" / "status.json"
+    status = TrainLayout(out / "train").status
     val = None
     if status.exists():
         for line in status.read_text().splitlines():
