@@ -57,6 +57,40 @@ def test_downstream_pairs_by_seed_and_counts_a_failed_search_at_chance():
     assert lo <= vs["median_diff"] <= hi
 
 
+def test_pooled_correlation_counts_each_search_and_encoder_once(tmp_path, capsys):
+    from benchmarks.search import correlation
+
+    def run(arm, seed, lr, loss, top1, epoch=3, where=None):
+        cfg = {"train.optim.lr": lr}
+        return {
+            "arm": arm,
+            "seed": seed,
+            "results_dir": where or f"/runs/{arm}-{seed}",
+            "selected": {"epoch": epoch, "config": cfg, "train_loss": loss, "knn_acc": 1 - loss},
+            "probe": {"probe_top1": 0.9},
+            "finetune": {"top1": top1},
+        }
+
+    a = {"ours": [run("ours", s, 1e-3 * (s + 1), 0.7 + s / 100, 0.3 - s / 100) for s in range(4)]}
+    a["random"] = [run("random", 0, 1e-3, 0.7, 0.3)]  # the same start-up trial as ours on seed 0
+    a["tao"] = [run("tao", 0, 0.5, 0.6, 0.2), run("tao", 1, 0.4, 0.65, 0.25, epoch=2)]  # not full length
+    b = {"ours": a["ours"][:2], "cand": [run("cand", 0, 2e-4, 0.65, 0.5)]}  # ours repeated in another report
+    paths = []
+    for name, runs in (("one.json", a), ("two.json", b)):
+        (tmp_path / name).write_text(json.dumps({"runs": runs}))
+        paths.append(str(tmp_path / name))
+    out = tmp_path / "pooled.json"
+    assert correlation.main(["--pooled", *paths, "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["searches_per_arm"] == {"cand": 1, "ours": 4, "random": 1, "tao": 1}
+    assert len(d["encoders"]) == 6  # random's encoder is ours' on seed 0: once
+    fig = d["spearman_with_finetune_top1"]
+    assert fig["all_arms"]["train_loss"]["n"] == 6 and fig["our_space"]["train_loss"]["n"] == 5
+    assert fig["our_space"]["train_loss"]["rho"] == pytest.approx(-1.0)  # lower loss, better finetune here
+    assert correlation.main(["--pooled", str(tmp_path / "missing.json"), "--json", str(out)]) == 2
+    assert "no benchmark report" in capsys.readouterr().err
+
+
 def test_bootstrap_interval_contains_the_median_and_narrows_with_data():
     few = report.bootstrap_median([0.1, 0.5, 0.9])
     many = report.bootstrap_median([0.1, 0.5, 0.9] * 30)

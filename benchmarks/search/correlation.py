@@ -1,6 +1,7 @@
 """Does train_loss (or knn_acc) predict what users get? Spearman of each with finetune top-1 on the test split.
 
     python -m benchmarks.search.correlation --runs DIR --epochs E [--configs 40] [--downstream finetune|probe]
+    python -m benchmarks.search.correlation --pooled [JSON ...] [--epochs E]
 
 The configurations are the trials of the benchmark's searches (`python -m benchmarks.search --out DIR`) that
 trained the full `--epochs` with a finite loss: TAO's arm trains every trial to the end over its own space,
@@ -9,6 +10,12 @@ the same training length. Up to --configs of them (every arm in turn, in a seede
 encoder (last.ckpt) finetuned with the benchmark's one recipe (benchmarks.search.downstream), cached in DIR.
 Written: benchmarks/results/correlation.json with each configuration, both Spearman coefficients and their
 bootstrap 95% intervals.
+
+--pooled trains nothing: it reads the committed benchmark reports (search.json, search_candidates.json,
+search_warm.json by default) and pools the encoders their searches selected that trained the full --epochs
+and were finetuned with the benchmark's recipe, each distinct encoder once (a seed and a configuration), over
+both spaces (TAO's arm and ours, random, the candidates, warm starts). Written:
+benchmarks/results/correlation_finetune.json.
 """
 
 from __future__ import annotations
@@ -104,7 +111,7 @@ def spearman(x: list[float], y: list[float], *, n_boot: int = 5000) -> dict:
     xs, ys = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(xs) & np.isfinite(ys)
     xs, ys = xs[ok], ys[ok]
-    if len(xs) < 3:
+    if len(xs) < 3 or np.ptp(xs) == 0 or np.ptp(ys) == 0:  # no ranking to correlate
         return {"rho": None, "ci95": None, "n": int(len(xs))}
     rho = float(spearmanr(xs, ys).statistic)
     rng = np.random.default_rng(0)
@@ -120,8 +127,85 @@ def spearman(x: list[float], y: list[float], *, n_boot: int = 5000) -> dict:
     }
 
 
+DEFAULT_REPORTS = ("search.json", "search_candidates.json", "search_warm.json")
+
+
+def pooled_runs(reports: list[Path], epochs: int) -> dict[str, list[dict]]:
+    """The runs of every report, by arm, each search once (reports share arms: the same results folder), kept
+    where the selected encoder trained `epochs` epochs and has a finetune figure."""
+    runs: dict[str, list[dict]] = {}
+    seen: set[str] = set()
+    for path in reports:
+        for arm, rs in json.loads(path.read_text())["runs"].items():
+            for r in rs:
+                sel = r.get("selected") or {}
+                top1 = (r.get("finetune") or {}).get("top1")
+                if r["results_dir"] in seen or sel.get("epoch") != epochs or top1 is None:
+                    continue
+                seen.add(r["results_dir"])
+                runs.setdefault(arm, []).append(r)
+    return runs
+
+
+def pooled_main(reports: list[Path], epochs: int, json_path: Path) -> int:
+    """Spearman of the selected encoders' train_loss, knn_acc, probes and lr with their finetune top-1."""
+    from benchmarks.search.report import distinct_selected, selected_correlations, strict_json
+    from mae.fileio import atomic_write_text
+
+    missing = [str(p) for p in reports if not p.is_file()]
+    if missing:
+        print(f"error: no benchmark report at {', '.join(missing)}", file=sys.stderr)
+        return 2
+    runs = pooled_runs(reports, epochs)
+    figures = selected_correlations(runs)
+    tao = selected_correlations({"tao": runs.get("tao", [])})["all_arms"]
+    out = {
+        "command": "python -m benchmarks.search.correlation " + " ".join(sys.argv[1:]),
+        "reports": [str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p) for p in reports],
+        "epochs": epochs,
+        "downstream": "finetune",
+        "searches_per_arm": {a: len(rs) for a, rs in sorted(runs.items())},
+        # one entry per distinct encoder (seed, configuration): n in each figure; a lower loss is better, so a
+        # loss that predicts finetune top-1 has a NEGATIVE rho, knn_acc and the probes a POSITIVE one
+        "spearman_with_finetune_top1": {**figures, "tao_space": tao},
+        "encoders": [
+            {
+                "arm": x["arm"],
+                "seed": x["r"]["seed"],
+                "config": x["sel"]["config"],
+                "train_loss": x["sel"]["train_loss"],
+                "knn_acc": x["sel"]["knn_acc"],
+                "probe_top1": (x["r"].get("probe") or {}).get("probe_top1"),
+                "finetune_top1": x["r"]["finetune"]["top1"],
+            }
+            for x in distinct_selected(runs)
+        ],
+    }
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json_path, json.dumps(strict_json(out), indent=1) + "\n")
+    print(json.dumps(out["spearman_with_finetune_top1"], indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.search.downstream import finetune_top1, probe_top1
+
+    if "--pooled" in (argv if argv is not None else sys.argv[1:]):
+        q = argparse.ArgumentParser(
+            prog="python -m benchmarks.search.correlation --pooled", description=__doc__.split("\n\n")[0]
+        )
+        q.add_argument(
+            "--pooled", nargs="*", metavar="JSON", help="benchmark reports (default: the committed)"
+        )
+        q.add_argument(
+            "--epochs", type=int, default=3, help="the benchmark's --epochs (full training length)"
+        )
+        q.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "correlation_finetune.json"))
+        a = q.parse_args(argv)
+        reports = [Path(x) for x in a.pooled] or [
+            REPO / "benchmarks" / "results" / n for n in DEFAULT_REPORTS
+        ]
+        return pooled_main(reports, a.epochs, Path(a.json))
 
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.search.correlation", description=__doc__.split("\n\n")[0]

@@ -156,14 +156,7 @@ def selected_correlations(runs: dict[str, list[dict]], target: str = "finetune_t
     the same start-up trial count once), for every arm and for our curated space only (TAO's arm left out)."""
     from benchmarks.search.correlation import spearman
 
-    rows: dict[tuple, dict] = {}
-    for arm, rs in runs.items():
-        for r in rs:
-            sel = r.get("selected")
-            if sel is None or _value(r, target) is None:
-                continue
-            key = (r["seed"], json.dumps(sel.get("config"), sort_keys=True, default=str))
-            rows.setdefault(key, {"arm": arm, "sel": sel, "r": r})
+    rows = distinct_selected(runs, target)
     measures = {
         "train_loss": lambda x: x["sel"].get("train_loss"),
         "knn_acc": lambda x: x["sel"].get("knn_acc"),
@@ -172,13 +165,24 @@ def selected_correlations(runs: dict[str, list[dict]], target: str = "finetune_t
         "lr": lambda x: (x["sel"].get("config") or {}).get("train.optim.lr"),
     }
     out: dict[str, Any] = {}
-    for scope, pool in (
-        ("all_arms", list(rows.values())),
-        ("our_space", [x for x in rows.values() if x["arm"] != "tao"]),
-    ):
+    for scope, pool in (("all_arms", rows), ("our_space", [x for x in rows if x["arm"] != "tao"])):
         y = [_value(x["r"], target) for x in pool]
         out[scope] = {name: spearman([f(x) for x in pool], y) for name, f in measures.items()}
     return out
+
+
+def distinct_selected(runs: dict[str, list[dict]], target: str = "finetune_top1") -> list[dict]:
+    """The encoders the searches selected that have a `target` figure, each (seed, configuration) once:
+    {"arm", "sel" (the selected trial), "r" (its run)}, the first arm that selected it named."""
+    rows: dict[tuple, dict] = {}
+    for arm, rs in runs.items():
+        for r in rs:
+            sel = r.get("selected")
+            if sel is None or _value(r, target) is None:
+                continue
+            key = (r["seed"], json.dumps(sel.get("config"), sort_keys=True, default=str))
+            rows.setdefault(key, {"arm": arm, "sel": sel, "r": r})
+    return list(rows.values())
 
 
 def _value(r: dict, name: str) -> float | None:
