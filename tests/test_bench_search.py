@@ -91,6 +91,17 @@ def test_pooled_correlation_counts_each_search_and_encoder_once(tmp_path, capsys
     assert "no benchmark report" in capsys.readouterr().err
 
 
+def test_refinetune_refuses_a_missing_report_or_an_arm_it_does_not_hold(tmp_path, capsys):
+    from benchmarks.search import refinetune
+
+    assert refinetune.main(["--report", str(tmp_path / "none.json"), "--out", str(tmp_path / "r")]) == 2
+    assert "no benchmark report" in capsys.readouterr().err
+    (tmp_path / "s.json").write_text(json.dumps({"budget": {"epochs": 3}, "runs": {"ours": []}}))
+    assert refinetune.main(["--report", str(tmp_path / "s.json"), "--arms", "ours", "tao"]) == 2
+    assert "tao not in" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing trained or written
+
+
 def test_bootstrap_interval_contains_the_median_and_narrows_with_data():
     few = report.bootstrap_median([0.1, 0.5, 0.9])
     many = report.bootstrap_median([0.1, 0.5, 0.9] * 30)
