@@ -13,8 +13,8 @@ from mae.layout import ExperimentLayout
 # The encoder check (issue 11; measured in docs/automl.md "Search quality"): over 60 pretraining configurations
 # of the search benchmark a lower train_loss went with a *worse* encoder (Spearman +0.73 with the linear probe's
 # top-1), and in 55 of the 59 benchmark searches this check flags, the flagged encoder had the better probe
-# (median +0.014 top-1; benchmarks/results/encoder_check.json). Only trials at the same training length are compared: kNN favours barely trained
-# encoders over trained ones at different lengths.
+# (median +0.014 top-1; benchmarks/results/encoder_check.json). Only trials at the same training length are
+# compared: kNN favours barely trained encoders over trained ones at different lengths.
 KNN_MARGIN = 0.02
 
 

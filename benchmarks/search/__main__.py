@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     out = summarize(runs, args, budget, time.time() - t0)
     json_path = Path(args.json)
     png = Path(args.png) if args.png else json_path.with_name(json_path.stem + "_curves.png")
-    out["png"] = str(png.relative_to(REPO) if png.is_relative_to(REPO) else png)
+    out["png"] = report.repo_relative(png)
     report.plot_curves(
         runs,
         png,

@@ -149,7 +149,7 @@ def pooled_runs(reports: list[Path], epochs: int) -> dict[str, list[dict]]:
 
 def pooled_main(reports: list[Path], epochs: int, json_path: Path) -> int:
     """Spearman of the selected encoders' train_loss, knn_acc, probes and lr with their finetune top-1."""
-    from benchmarks.search.report import distinct_selected, selected_correlations, strict_json
+    from benchmarks.search.report import distinct_selected, repo_relative, selected_correlations, strict_json
     from mae.fileio import atomic_write_text
 
     missing = [str(p) for p in reports if not p.is_file()]
@@ -161,7 +161,7 @@ def pooled_main(reports: list[Path], epochs: int, json_path: Path) -> int:
     tao = selected_correlations({"tao": runs.get("tao", [])})["all_arms"]
     out = {
         "command": "python -m benchmarks.search.correlation " + " ".join(sys.argv[1:]),
-        "reports": [str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p) for p in reports],
+        "reports": [repo_relative(p) for p in reports],
         "epochs": epochs,
         "downstream": "finetune",
         "searches_per_arm": {a: len(rs) for a, rs in sorted(runs.items())},

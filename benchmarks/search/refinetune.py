@@ -38,7 +38,8 @@ def pretrain_selected(run: dict, arm: str, epochs: int, data: dict, out: Path) -
     from mae.spec import load_spec
 
     train = out / "train"
-    if TrainLayout(train).status.exists() and '"SUCCESS"' in TrainLayout(train).status.read_text():
+    status = TrainLayout(train).status
+    if status.exists() and '"SUCCESS"' in status.read_text():  # a finished pretrain is read back
         return train
     config = {k: v for k, v in run["selected"]["config"].items() if k not in TAO_IGNORED}
     cfg = load_spec(
@@ -105,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"refinetune: {arm} seed {seed}: finetune top-1 {top1}", flush=True)
     out = {
         "command": "python -m benchmarks.search.refinetune " + " ".join(sys.argv[1:]),
-        "report": str(Path(args.report).resolve().relative_to(REPO))
-        if Path(args.report).resolve().is_relative_to(REPO)
-        else args.report,
+        "report": report.repo_relative(args.report),
         "pretrain_epochs": epochs,
         "finetune_epochs": args.finetune_epochs,
         "seeds": args.seeds,

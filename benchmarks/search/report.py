@@ -234,6 +234,13 @@ def plot_curves(runs: dict[str, list[dict]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def repo_relative(path: str | Path) -> str:
+    """A path as the committed JSON records it: relative to the repository when inside it."""
+    p = Path(path).resolve()
+    repo = Path(__file__).resolve().parents[2]
+    return str(p.relative_to(repo) if p.is_relative_to(repo) else p)
+
+
 def strict_json(x):
     """Strict JSON of a benchmark's figures: a count never reached (infinite) is written "inf"."""
     if isinstance(x, float) and not math.isfinite(x):
