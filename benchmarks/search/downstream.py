@@ -31,19 +31,32 @@ RECIPE = [
 
 
 def finetune_top1(
-    checkpoint: str | Path, data: dict[str, Path], out: Path, *, epochs: int | None = None
+    checkpoint: str | Path | None,
+    data: dict[str, Path],
+    out: Path,
+    *,
+    epochs: int | None = None,
+    seed: int | None = None,
 ) -> dict:
     """Finetune `checkpoint` with RECIPE in `out`, evaluate on the test split; {"top1", "val_top1", "seconds"}.
-    A finished finetune in `out` (its results.json) is read back, not redone."""
+    No checkpoint: the same recipe from a random initialisation (the control: what pretraining adds); `seed`
+    replaces the recipe's. A finished finetune in `out` (its results.json) is read back, not redone."""
     from mae.actions import evaluate as evaluate_action
     from mae.actions import train as train_action
+    from mae.fileio import atomic_write_text
     from mae.spec import load_spec
 
     done = out / "evaluate" / "results.json"
+    timing = out / "seconds.json"  # the finetune's own time, kept for a later read-back
     if done.exists():
-        return _result(json.loads(done.read_text()), out, None)
+        seconds = json.loads(timing.read_text())["seconds"] if timing.exists() else None
+        return _result(json.loads(done.read_text()), out, seconds)
     t0 = time.time()
-    recipe = [*RECIPE, *([f"train.num_epochs={epochs}"] if epochs else [])]
+    recipe = [
+        *RECIPE,
+        *([f"train.num_epochs={epochs}"] if epochs else []),
+        *([f"train.seed={seed}"] if seed is not None else []),
+    ]
     common = [f"results_dir={out}", f"dataset.train_data_sources={data['train']}", "model.num_classes=10"]
     cfg = load_spec(
         DEMO_SPEC,
@@ -51,7 +64,7 @@ def finetune_top1(
             *common,
             *recipe,
             f"dataset.val_data_sources={data['val']}",
-            f"train.pretrained_model_path={checkpoint}",
+            *([f"train.pretrained_model_path={checkpoint}"] if checkpoint is not None else []),
         ],
         action="train",
     )
@@ -67,7 +80,9 @@ def finetune_top1(
         action="evaluate",
     )
     m = evaluate_action.run(ev)
-    return _result(m, out, time.time() - t0)
+    seconds = round(time.time() - t0, 1)
+    atomic_write_text(timing, json.dumps({"seconds": seconds}) + "\n")
+    return _result(m, out, seconds)
 
 
 def _result(m: dict[str, Any], out: Path, seconds: float | None) -> dict:
