@@ -61,6 +61,18 @@ class TrainLayout:
     def classes(self) -> Path:
         return self.root / CLASSES_FILE
 
+    def epoch_metrics(self) -> dict[int, dict]:
+        """The metrics of each finished epoch in status.json, by epoch (counted from 0), {} before the first;
+        the final SUCCESS line repeats the best epoch's metrics without an epoch and is left out."""
+        if not self.status.exists():
+            return {}
+        out = {}
+        for line in self.status.read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("epoch") is not None and entry.get("kpi"):
+                out[int(entry["epoch"])] = entry["kpi"]
+        return out
+
 
 @dataclass(frozen=True)
 class ExperimentLayout:

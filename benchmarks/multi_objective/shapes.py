@@ -56,9 +56,8 @@ def train_shape(spec: Path, data: dict, shape: str, lr: float, epochs: int, out:
     )
     t0 = time.time()
     train_action.run(cfg)
-    lines = [json.loads(line) for line in TrainLayout(out / "train").status.read_text().splitlines()]
-    # the per-epoch lines carry "epoch"; the final SUCCESS line repeats the best epoch's metrics without it
-    acc = [round(float(r["kpi"]["ACC_all"]), 4) for r in lines if "epoch" in r and "kpi" in r]
+    by_epoch = TrainLayout(out / "train").epoch_metrics()
+    acc = [round(float(by_epoch[e]["ACC_all"]), 4) for e in sorted(by_epoch)]
     res = {"shape": shape, "lr": lr, "val_top1_by_epoch": acc, "seconds": round(time.time() - t0, 1)}
     atomic_write_text(done, json.dumps(res) + "\n")
     return res

@@ -86,13 +86,10 @@ def finetune_top1(
 
 
 def _result(m: dict[str, Any], out: Path, seconds: float | None) -> dict:
-    status = TrainLayout(out / "train").status
-    val = None
-    if status.exists():
-        for line in status.read_text().splitlines():
-            kpi = json.loads(line).get("kpi") or {}
-            if "ACC_all" in kpi:
-                val = max(val or 0.0, float(kpi["ACC_all"]))
+    accs = [
+        float(k["ACC_all"]) for k in TrainLayout(out / "train").epoch_metrics().values() if "ACC_all" in k
+    ]
+    val = max(accs, default=None)
     return {"top1": float(m["ACC_all"]), "val_top1": val, "seconds": seconds}
 
 
