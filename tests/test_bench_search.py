@@ -102,6 +102,40 @@ def test_refinetune_refuses_a_missing_report_or_an_arm_it_does_not_hold(tmp_path
     assert not (tmp_path / "r").exists()  # nothing trained or written
 
 
+def test_refinetune_takes_an_earlier_jsons_records_of_the_same_encoder_and_length(tmp_path):
+    from benchmarks.search import refinetune
+
+    selected = {"config": {"train.optim.lr": 5e-4}, "epoch": 3, "train_loss": 0.75, "knn_acc": 0.45}
+    report = {"budget": {"epochs": 3}, "runs": {"ours": [{"seed": 0, "selected": selected}]}}
+    (tmp_path / "s.json").write_text(json.dumps(report))
+    record = {"seed": 0, "selected": selected, "pretrain": {"reproduced": True}, "finetune": {"top1": 0.9}}
+    control = {"seed": 0, "top1": 0.88, "val_top1": 0.87, "seconds": 60.0}
+    earlier = {"finetune_epochs": 40, "runs": {"ours": [record]}, "no_pretraining": {"runs": [control]}}
+    (tmp_path / "old.json").write_text(json.dumps(earlier))
+    args = ["--report", str(tmp_path / "s.json"), "--arms", "ours", "--seeds", "1", "--scratch-seeds", "1"]
+    args += [
+        "--out",
+        str(tmp_path / "r"),
+        "--json",
+        str(tmp_path / "new.json"),
+        "--reuse",
+        str(tmp_path / "old.json"),
+    ]
+    assert refinetune.main(args) == 0
+    new = json.loads((tmp_path / "new.json").read_text())
+    assert new["runs"]["ours"] == [record] and new["no_pretraining"]["runs"] == [control]
+    assert new["reproduced"] == {"ours": "1 of 1"}
+    assert (
+        not (tmp_path / "r" / "ours-0").exists() and not (tmp_path / "r" / "scratch-0").exists()
+    )  # nothing trained
+    # another finetune length, or another selection (here: a search that selected nothing), is not reused
+    assert refinetune.reusable([str(tmp_path / "old.json")], 10) == ({}, {})
+    report["runs"]["ours"][0]["selected"] = None
+    (tmp_path / "s.json").write_text(json.dumps(report))
+    assert refinetune.main([*args, "--scratch-seeds", "0"]) == 0
+    assert json.loads((tmp_path / "new.json").read_text())["runs"]["ours"][0].get("finetune") is None
+
+
 def test_refinetune_trains_the_selected_encoder_again_bit_for_bit(tmp_path, digits_small):
     """The refinetune's claim: pretraining on the CPU is deterministic, so a trial's selected encoder is trained
     again exactly (its train_loss and knn_acc match the report's); a mismatch is reported, not hidden."""

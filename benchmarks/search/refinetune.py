@@ -2,6 +2,7 @@
 
     python -m benchmarks.search.refinetune [--report benchmarks/results/search.json] [--arms ours tao random]
         [--seeds 10] [--finetune-epochs 40] [--scratch-seeds 3] [--out results/bench_refinetune_exact]
+        [--reuse benchmarks/results/search_refinetune.json ...]
 
 The benchmark's 10-epoch finetune leaves every classifier at 0.20-0.38 top-1 (docs/automl.md, "What decides the
 finetune figure"); a 40-epoch run of the same recipe levels off (over its last 5 epochs the val top-1 of each of the
@@ -13,7 +14,8 @@ values, as the TAO arm's AdamW ignores them. Pretraining on the CPU is determini
 the selected one: its final train_loss and knn_acc are compared with the report's (`reproduced`, per encoder, in
 the JSON). The encoder is then finetuned with the benchmark's recipe (benchmarks.search.downstream.RECIPE) for
 --finetune-epochs, top-1 on the digits' test split. The control: the same finetune from a random initialisation
-(--scratch-seeds), what pretraining adds at all. Finished work in --out is read back. Writes
+(--scratch-seeds), what pretraining adds at all. Finished work in --out is read back, and so are the records of
+an earlier refinetune JSON (--reuse) with the same selection and finetune length. Writes
 benchmarks/results/search_refinetune.json with report.downstream's figures (paired by seed) and the Spearman of
 the selected encoders' train_loss, knn_acc and probe with their finetune top-1.
 """
@@ -81,6 +83,20 @@ def reproduction(run: dict, train: Path) -> dict:
     return {"train_loss": kpi.get("train_loss"), "knn_acc": kpi.get("knn_acc"), "reproduced": same}
 
 
+def reusable(paths: list[str], finetune_epochs: int) -> tuple[dict, dict]:
+    """Records of earlier refinetune JSONs at the same finetune length: (arm, seed) -> record, seed -> control."""
+    runs: dict[tuple[str, int], dict] = {}
+    scratch: dict[int, dict] = {}
+    for path in paths:
+        old = json.loads(Path(path).read_text())
+        if old.get("finetune_epochs") != finetune_epochs:
+            continue
+        for arm, recs in old["runs"].items():
+            runs.update({(arm, r["seed"]): r for r in recs})
+        scratch.update({r["seed"]: r for r in old.get("no_pretraining", {}).get("runs", [])})
+    return runs, scratch
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.search.refinetune", description=__doc__.split("\n\n")[0]
@@ -97,14 +113,22 @@ def main(argv: list[str] | None = None) -> int:
         help="the control: the same finetune from a random initialisation, seeds 0..N-1 (0: none)",
     )
     p.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "search_refinetune.json"))
+    p.add_argument(
+        "--reuse",
+        nargs="+",
+        default=[],
+        help="earlier refinetune JSONs: an arm and seed whose selection and finetune length match are taken as is",
+    )
     args = p.parse_args(argv)
     from mae.cli import setup_logging
     from mae.data.digits import build_digits_dataset
     from mae.fileio import atomic_write_text
 
-    if not Path(args.report).is_file():
-        print(f"error: no benchmark report at {args.report}", file=sys.stderr)
+    missing = [f for f in [args.report, *args.reuse] if not Path(f).is_file()]
+    if missing:
+        print(f"error: no benchmark report or refinetune JSON at {', '.join(missing)}", file=sys.stderr)
         return 2
+    earlier, earlier_scratch = reusable(args.reuse, args.finetune_epochs)
     source = json.loads(Path(args.report).read_text())
     unknown = [a for a in args.arms if a not in source["runs"] or a not in ARMS]
     if unknown:
@@ -123,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         for arm in args.arms:
             run = next(r for r in source["runs"][arm] if r["seed"] == seed)
             rec = {"seed": seed, "selected": run["selected"], "source_finetune": run.get("finetune")}
-            if run["selected"] is not None:
+            old = earlier.get((arm, seed))
+            if old is not None and old["selected"] == run["selected"]:
+                rec = old  # the same encoder, already retrained and finetuned at this length
+            elif run["selected"] is not None:
                 where = root / f"{arm}-{seed}"
                 encoder = pretrain_selected(run, arm, epochs, data, where / "pretrain")
                 rec["pretrain"] = reproduction(run, encoder)
@@ -137,8 +164,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"refinetune: {arm} seed {seed}: reproduced {same}, finetune top-1 {top1}", flush=True)
     scratch = []  # what pretraining adds at all: the recipe without an encoder (seed 0 is the arms' seed)
     for seed in range(args.scratch_seeds):
-        res = finetune_top1(None, data, root / f"scratch-{seed}", epochs=args.finetune_epochs, seed=seed)
-        scratch.append({"seed": seed, **res})
+        res = earlier_scratch.get(seed) or {
+            "seed": seed,
+            **finetune_top1(None, data, root / f"scratch-{seed}", epochs=args.finetune_epochs, seed=seed),
+        }
+        scratch.append(res)
         print(f"refinetune: no pretraining, seed {seed}: finetune top-1 {res['top1']}", flush=True)
     out = {
         "command": "python -m benchmarks.search.refinetune " + " ".join(sys.argv[1:]),
@@ -154,6 +184,12 @@ def main(argv: list[str] | None = None) -> int:
         },
         "figures": {
             "downstream": report.downstream(runs, args.arms),
+            # a candidate default against every other arm (the same figures, paired by seed)
+            "candidates_vs": {
+                c: report.downstream(runs, args.arms, base=c)["vs"]
+                for c in args.arms
+                if c.startswith("cand-")
+            },
             # over the distinct encoders (ours and random share some): does the search's objective, or knn_acc
             # or the probe, rank the encoders as the converged finetune does? (a loss that does: rho < 0)
             "selected_encoders_spearman_with_finetune_top1": report.selected_correlations(runs),
