@@ -180,8 +180,8 @@ def summarize(runs, args, budget: Budget, seconds: float) -> dict:
     arms = list(runs)
     figures: dict = {"downstream": report.downstream(runs, arms)}
     figures["selected_encoders_spearman_with_finetune_top1"] = report.selected_correlations(runs)
-    for cand in [a for a in arms if a.startswith("cand-")]:  # a candidate default against every other arm
-        figures.setdefault("candidates_vs", {})[cand] = report.downstream(runs, arms, base=cand)["vs"]
+    if any(a.startswith("cand-") for a in arms):
+        figures["candidates_vs"] = report.candidates_vs(runs, arms)
     for arm in arms:
         if arm != "tao" and "tao" in runs:
             figures.setdefault("trial_epochs_to_tao_best", {})[arm] = report.time_to_tao(runs, arm)

@@ -150,6 +150,11 @@ def downstream(runs: dict[str, list[dict]], arms: Sequence[str], base: str = "ou
     return out
 
 
+def candidates_vs(runs: dict[str, list[dict]], arms: Sequence[str]) -> dict[str, Any]:
+    """Each candidate default (an arm named cand-*) against every other arm: downstream's pairwise figures."""
+    return {c: downstream(runs, arms, base=c)["vs"] for c in arms if c.startswith("cand-")}
+
+
 def selected_correlations(runs: dict[str, list[dict]], target: str = "finetune_top1") -> dict[str, Any]:
     """Spearman of each selected encoder's train_loss, knn_acc, probes and learning rate with its `target`,
     over the distinct encoders the searches selected (one per configuration and seed: two arms that select
