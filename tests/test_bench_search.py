@@ -275,3 +275,23 @@ def test_candidate_sampler_changes_only_tpe_and_keeps_the_startup_trials():
     assert not plain._multivariate and cand._n_startup_trials == plain._n_startup_trials == 4
     assert type(rand).__name__ == "RandomSampler"
     assert not runner.make_sampler("tpe", 0, 12)._multivariate  # restored
+
+
+def test_each_candidate_is_paired_by_seed_against_every_other_arm():
+    from benchmarks.search.report import candidates_vs
+
+    def rec(seed, top1):
+        return {"seed": seed, "selected": {"config": {}}, "finetune": {"top1": top1}}
+
+    runs = {
+        "cand-x": [rec(0, 0.9), rec(1, 0.8), rec(2, 0.7)],
+        "ours": [rec(0, 0.8), rec(1, 0.8), rec(2, 0.9)],
+        "random": [rec(1, 0.5)],  # only seed 1 pairs
+    }
+    vs = candidates_vs(runs, ["cand-x", "ours", "random"])
+    assert set(vs) == {"cand-x"} and set(vs["cand-x"]) == {"ours", "random"}
+    ours = vs["cand-x"]["ours"]["finetune_top1"]
+    assert ours["diff"] == pytest.approx([0.1, 0.0, -0.2]) and ours["cand-x_ge"] == "2 of 3"
+    assert ours["cand-x_wins_ties_losses"] == [1, 1, 1]
+    assert vs["cand-x"]["random"]["finetune_top1"]["diff"] == pytest.approx([0.3])
+    assert candidates_vs(runs, ["ours", "random"]) == {}  # no candidate, no figures
