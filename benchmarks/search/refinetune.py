@@ -14,8 +14,8 @@ values, as the TAO arm's AdamW ignores them. Pretraining on the CPU is determini
 the selected one: its final train_loss and knn_acc are compared with the report's (`reproduced`, per encoder, in
 the JSON; retrained in a newly built environment, 6 of 20 encoders matched train_loss within 6e-7 while knn_acc
 differed by one or two val images, a cause not pinned down). The encoder is then finetuned with the benchmark's
-recipe (benchmarks.search.downstream.RECIPE) for --finetune-epochs, top-1 on the digits' test split. The control: the same finetune from a random initialisation
-(--scratch-seeds), what pretraining adds at all. Finished work in --out is read back, and so are the records of
+recipe (benchmarks.search.downstream.RECIPE) for --finetune-epochs, top-1 on the digits' test split. The control:
+the same finetune from a random initialisation (--scratch-seeds), what pretraining adds at all. Finished work in --out is read back, and so are the records of
 an earlier refinetune JSON (--reuse) with the same selection and finetune length. Writes
 benchmarks/results/search_refinetune.json with report.downstream's figures (paired by seed) and the Spearman of
 the selected encoders' train_loss, knn_acc and probe with their finetune top-1.
