@@ -210,7 +210,9 @@ def plan_search(
     check_action(cfg, "train", missing, check_paths=False)  # paths are checked where the trials run
     stage = cfg.train.stage
     chosen = Path(space_file) if space_file is not None else space_file_for_stage(stage)
-    space = build_space(schema_path, stage=stage, space_file=space_file, params=params)
+    # ranges written per 256 images follow the images per optimizer step, as MAE's recipes scale lr
+    batch = cfg.dataset.batch_size * cfg.train.accum_grad_batches * cfg.train.num_gpus * cfg.train.num_nodes
+    space = build_space(schema_path, stage=stage, space_file=space_file, params=params, batch=batch)
     notices: list[str] = []
     if chosen is None:
         notices.append(f"no search_spaces/{stage}.yaml: searching the schema's automl_default_parameters")

@@ -15,8 +15,10 @@ EXPR (in --param and in search-space files):
   choice(x: 0.7, y: 0.3)               weighted
   off                                  not searched
 An end equal to an exclusive schema bound stays exclusive: uniform(0, 0.9) on `train.mask_ratio` (> 0) never
-gives 0. Search-space files may also use mappings: {low, high, log, choices, weights, when}, where
-`when: {train.optim.lr_scheduler: MultiStep}` searches the parameter only under that condition.
+gives 0. Search-space files may also use mappings: {low, high, log, choices, weights, when, per_batch}, where
+`when: {train.optim.lr_scheduler: MultiStep}` searches the parameter only under that condition and
+`per_batch: 256` (or `loguniform(a, b) per 256` as an EXPR) makes the range follow the batch: a and b hold for
+256 images per optimizer step and are scaled linearly to the spec's batch (MAE's lr = base_lr * batch / 256).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +52,9 @@ SEARCH_SPACES_DIR = search_spaces_dir()
 _CALL = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.S)
 _FUNCS = ("uniform", "loguniform", "int", "logint", "range", "choice")
 _FILE_KEYS = ("stage", "description", "parameters")
-_MAPPING_KEYS = ("search", "low", "high", "log", "choices", "weights", "when")
+_MAPPING_KEYS = ("search", "low", "high", "log", "choices", "weights", "when", "per_batch")
+_PER = re.compile(r"^(.*\))\s+per\s+(\S+)\s*$", re.S)  # 'loguniform(1e-5, 1e-3) per 256'
+BATCH_KEYS = ("dataset.batch_size", "train.accum_grad_batches", "train.num_gpus", "train.num_nodes")
 
 
 # ------------------------------------------------------------------------------------------ expressions
@@ -86,6 +90,28 @@ def _split_args(args: str) -> list[str]:
         cur += ch
     out.append(cur)
     return [a.strip() for a in out]
+
+
+def _per_batch(value: Any, name: str, source: str) -> int:
+    v = _scalar(value) if isinstance(value, str) else value
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 1 or not float(v).is_integer():
+        raise ConfigError(
+            f"{name} ({source}): per_batch={value!r} must be a whole number of images, e.g. 256"
+        )
+    return int(v)
+
+
+def scale_to_batch(ref: Refinement, name: str, batch: int) -> Refinement:
+    """A `per_batch` range turned into the range at `batch` images per optimizer step (the linear scaling
+    rule of MAE and its kin, lr = base_lr * batch / 256); the schema then checks it as any other range."""
+    if ref.low is None or ref.high is None:
+        raise ConfigError(f"{ref.text or name} ({ref.source}): per_batch needs both low and high")
+    factor = batch / ref.per_batch
+    lo, hi = ref.low * factor, ref.high * factor
+    scaled = f"[{fmt(ref.low)}, {fmt(ref.high)}] per {ref.per_batch} images, scaled to {batch} per step"
+    return replace(
+        ref, low=lo, high=hi, text=f"{ref.text or name}, {scaled}", source=f"{ref.source}: {scaled}"
+    )
 
 
 def parse_expression(expr: Any, name: str, source: str, *, explicit: bool = True) -> Refinement | None:
@@ -134,6 +160,8 @@ def parse_expression(expr: Any, name: str, source: str, *, explicit: bool = True
             ):
                 raise ConfigError(f"{name} ({source}): weights={w!r} must be a list of numbers")
             ref.weights = [float(x) for x in w]
+        if "per_batch" in expr:
+            ref.per_batch = _per_batch(expr["per_batch"], name, source)
         if "when" in expr:
             when = expr["when"]
             if not isinstance(when, Mapping) or not when:
@@ -150,6 +178,9 @@ def parse_expression(expr: Any, name: str, source: str, *, explicit: bool = True
     text = expr.strip()
     if text.lower() == "off":
         return None
+    per = _PER.match(text)
+    if per:
+        text = per.group(1)
     m = _CALL.match(text)
     func = m.group(1).lower() if m else None
     if func not in _FUNCS:
@@ -176,6 +207,12 @@ def parse_expression(expr: Any, name: str, source: str, *, explicit: bool = True
         return ref
     if len(args) != 2:
         raise ConfigError(f"{said} ({source}): {func} takes two values, {func}(low, high)")
+    if per:
+        if func not in ("uniform", "loguniform", "range"):
+            raise ConfigError(
+                f"{said} ({source}): `per N` scales a float range; {func}(...) cannot follow the batch"
+            )
+        ref.per_batch = _per_batch(per.group(2), name, source)
     lo, hi = (_scalar(a) for a in args)
     for v in (lo, hi):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -279,9 +316,11 @@ def build_space(
     space_file: str | os.PathLike | None = None,
     params: Iterable[str] = (),
     fixed: Mapping[str, Any] | None = None,
+    batch: int | None = None,
 ) -> SearchSpace:
     """The schema's space refined by a search-space file (default: the curated one for `stage`, if any) and
-    by --param overrides; bound to `fixed` spec values when given."""
+    by --param overrides; bound to `fixed` spec values when given. `batch` (images per optimizer step) turns
+    ranges given `per_batch` images into absolute ones; without it they stay as written."""
     schema = read_schema(schema_path)
     sf: SpaceFile | None = None
     if space_file is not None:
@@ -311,6 +350,20 @@ def build_space(
         refinements[name] = ref
         if name not in names:
             names.append(name)
+    if batch is not None:
+        for name, ref in refinements.items():
+            if ref is not None and ref.per_batch is not None and name in names:
+                searched = [k for k in BATCH_KEYS if k in names]
+                if searched:
+                    problems.append(
+                        f"{ref.text or name} ({ref.source}): follows the batch, but {searched[0]} is searched; "
+                        f"give {name} an absolute range (--param {name}='loguniform(a, b)') or pin {searched[0]}"
+                    )
+                    continue
+                try:
+                    refinements[name] = scale_to_batch(ref, name, batch)
+                except ConfigError as e:
+                    problems.extend(e.problems)
     if problems:
         raise ConfigError(problems)
     space = schema.search_space(names, {n: r for n, r in refinements.items() if n in names})

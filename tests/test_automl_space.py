@@ -20,6 +20,7 @@ from automl.space_file import (
     parse_expression,
     parse_param,
     read_space_file,
+    scale_to_batch,
     space_file_for_stage,
 )
 from mae.config import ExperimentConfig
@@ -264,10 +265,66 @@ def test_pretrain_space_is_what_we_ship():
         "train.optim.lr_scheduler",
         "train.optim.warmup_epochs",
     }
-    assert space["train.optim.lr"].log and space["train.optim.lr"].high == 3e-3
+    # the learning rate is written per 256 images (MAE's base lr); without a batch it stays as written
+    lr = space["train.optim.lr"]
+    assert lr.log and (lr.low, lr.high) == (4e-5, 1e-3)
+    assert read_space_file(SEARCH_SPACES_DIR / "pretrain.yaml").refinements["train.optim.lr"].per_batch == 256
     assert space["train.optim.lr_scheduler"].weights == pytest.approx((0.8, 0.2))
     text = (SEARCH_SPACES_DIR / "pretrain.yaml").read_text()
     assert text.count("#") > 20  # the reasons are written down
+
+
+def test_a_per_batch_range_follows_the_specs_images_per_step(tmp_path):
+    data = tmp_path / "img"
+    data.mkdir()
+
+    def lr_range(dataset=None, train=None, **kw):
+        spec = {
+            "dataset": {"train_data_sources": str(data), **(dataset or {})},
+            "train": {"stage": "pretrain", "num_epochs": 20, **(train or {})},
+        }
+        p = plan_search(spec, check_samples=4, **kw).space["train.optim.lr"]
+        return p.low, p.high, p.source
+
+    low, high, source = lr_range({"batch_size": 64})
+    assert (low, high) == pytest.approx((1e-5, 2.5e-4))  # 4e-5 and 1e-3 per 256 images, x 64/256
+    assert "per 256 images, scaled to 64 per step" in source
+    # images per optimizer step: batch x accumulation x GPUs x nodes
+    low, high, _ = lr_range({"batch_size": 32}, {"accum_grad_batches": 4, "num_gpus": 2, "num_nodes": 2})
+    assert (low, high) == pytest.approx((4e-5 * 2, 1e-3 * 2))
+    # the same in a --param EXPR; an absolute --param range replaces it
+    low, high, _ = lr_range({"batch_size": 128}, params=["train.optim.lr=loguniform(1e-4, 2e-3) per 256"])
+    assert (low, high) == pytest.approx((5e-5, 1e-3))
+    low, high, source = lr_range({"batch_size": 128}, params=["train.optim.lr=loguniform(1e-4, 2e-3)"])
+    assert (low, high, source) == (1e-4, 2e-3, "--param")
+    # a batch that is itself searched cannot scale the range
+    with pytest.raises(ConfigError, match="follows the batch, but dataset.batch_size is searched"):
+        lr_range(params=["dataset.batch_size=int(16, 128)"])
+    # a file's mapping form, scaled the same way
+    f = tmp_path / "mine.yaml"
+    f.write_text("parameters:\n  train.optim.lr: {low: 1e-4, high: 1e-3, log: true, per_batch: 512}\n")
+    low, high, _ = lr_range({"batch_size": 256}, space_file=f)
+    assert (low, high) == pytest.approx((5e-5, 5e-4))
+
+
+@pytest.mark.parametrize(
+    "expr,error",
+    [
+        ("int(1, 8) per 256", "`per N` scales a float range"),
+        ("loguniform(1e-5, 1e-3) per 0", "must be a whole number of images"),
+        ("loguniform(1e-5, 1e-3) per lots", "must be a whole number of images"),
+        ({"low": 1e-5, "high": 1e-3, "per_batch": 2.5}, "must be a whole number of images"),
+    ],
+)
+def test_bad_per_batch_ranges_are_refused(expr, error):
+    with pytest.raises(ConfigError, match=error):
+        parse_expression(expr, "train.optim.lr", "test")
+
+
+def test_a_per_batch_range_needs_both_ends():
+    ref = parse_expression({"high": 1e-3, "per_batch": 256}, "train.optim.lr", "test")
+    with pytest.raises(ConfigError, match="per_batch needs both low and high"):
+        scale_to_batch(ref, "train.optim.lr", 64)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ result."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -123,7 +124,9 @@ def test_refinetune_takes_an_earlier_jsons_records_of_the_same_encoder_and_lengt
     ]
     assert refinetune.main(args) == 0
     new = json.loads((tmp_path / "new.json").read_text())
-    assert new["runs"]["ours"] == [record] and new["no_pretraining"]["runs"] == [control]
+    assert new["runs"]["ours"] == [{**record, "source_finetune": None}] and new["no_pretraining"]["runs"] == [
+        control
+    ]
     assert new["reproduced"] == {"ours": "1 of 1"}
     assert (
         not (tmp_path / "r" / "ours-0").exists() and not (tmp_path / "r" / "scratch-0").exists()
@@ -134,6 +137,73 @@ def test_refinetune_takes_an_earlier_jsons_records_of_the_same_encoder_and_lengt
     (tmp_path / "s.json").write_text(json.dumps(report))
     assert refinetune.main([*args, "--scratch-seeds", "0"]) == 0
     assert json.loads((tmp_path / "new.json").read_text())["runs"]["ours"][0].get("finetune") is None
+
+
+def test_refinetune_takes_each_arm_from_the_first_report_that_has_it_renamed_as_asked(tmp_path):
+    """A new default's report beside the previous one's: `ours` from the new, the old `ours` as ours-v1, `tao`
+    from the old; an earlier refinetune's record of the old `ours` serves ours-v1 (same selection)."""
+    from benchmarks.search import refinetune
+
+    def sel(lr):
+        return {"config": {"train.optim.lr": lr}, "epoch": 3, "train_loss": 0.75, "knn_acc": 0.45}
+
+    new = {"budget": {"epochs": 3}, "runs": {"ours": [{"seed": 0, "selected": sel(2e-4)}]}}
+    old = {
+        "budget": {"epochs": 3},
+        "runs": {a: [{"seed": 0, "selected": sel(lr)}] for a, lr in [("ours", 2e-3), ("tao", 0.3)]},
+    }
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    reports = [str(tmp_path / "new.json"), f"{tmp_path / 'old.json'}:ours=ours-v1"]
+    sources = report.arm_sources([report.parse_report(r) for r in reports])
+    assert {a: (k, runs[0]["selected"]["config"]) for a, (k, runs, _, _) in sources.items()} == {
+        "ours": ("ours", {"train.optim.lr": 2e-4}),
+        "ours-v1": ("ours", {"train.optim.lr": 2e-3}),
+        "tao": ("tao", {"train.optim.lr": 0.3}),
+    }
+    # the previous default's refinetune JSON holds the old `ours` and `tao`: both serve here, nothing is trained
+    records = {
+        a: {"seed": 0, "selected": sel(lr), "pretrain": {"reproduced": True}, "finetune": {"top1": t}}
+        for a, lr, t in [("ours", 2e-3, 0.87), ("tao", 0.3, 0.5)]
+    }
+    done = {"finetune_epochs": 40, "runs": {a: [r] for a, r in records.items()}}
+    (tmp_path / "done.json").write_text(json.dumps(done))
+    args = ["--report", *reports, "--arms", "ours-v1", "tao", "--seeds", "1", "--scratch-seeds", "0"]
+    args += [
+        "--out",
+        str(tmp_path / "r"),
+        "--json",
+        str(tmp_path / "out.json"),
+        "--reuse",
+        str(tmp_path / "done.json"),
+    ]
+    assert refinetune.main(args) == 0
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["runs"] == {
+        "ours-v1": [{**records["ours"], "source_finetune": None}],
+        "tao": [{**records["tao"], "source_finetune": None}],
+    }
+    # ours and random selecting the same configuration train one encoder: the second takes the first's record
+    assert refinetune.same_encoder(sel(2e-4), {**sel(2e-4), "trial_id": "other"})
+    assert not refinetune.same_encoder(sel(2e-4), {**sel(2e-4), "epoch": 2}) and not refinetune.same_encoder(
+        None, sel(1)
+    )
+    assert not (tmp_path / "r" / "ours-v1-0").exists()
+    assert out["arms_from"]["tao"].endswith("old.json:tao") and out["arms_from"]["ours-v1"].endswith(
+        "old.json:ours"
+    )
+    # the new `ours` selected another encoder: the earlier record is not taken for it
+    earlier, _ = refinetune.reusable([str(tmp_path / "done.json")], 40)
+    assert earlier[("ours", 0)]["selected"] != sources["ours"][1][0]["selected"]
+    # arms that pretrained for different lengths are refused
+    old["budget"]["epochs"] = 5
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert (
+        refinetune.main(
+            [*args[: args.index("--arms")], "--arms", "ours", "tao", *args[args.index("--seeds") :]]
+        )
+        == 2
+    )
 
 
 def test_refinetune_trains_the_selected_encoder_again_bit_for_bit(tmp_path, digits_small):
@@ -221,6 +291,30 @@ def test_tao_arm_warmup_is_not_tied_to_num_epochs(tmp_path):
     )
 
 
+def test_the_previous_default_arm_searches_the_absolute_range_the_default_now_scales(tmp_path):
+    from automl.plan import plan_search
+    from benchmarks.search.arms import ARMS
+    from benchmarks.search.harness import DEMO_SPEC
+
+    overrides = ["dataset.train_data_sources=/x", "dataset.val_data_sources=/y"]
+    lr = "train.optim.lr"
+    ours = plan_search(DEMO_SPEC, overrides).space
+    (tmp_path / "v1.yaml").write_text(ARMS["ours-v1"].space)
+    v1 = plan_search(DEMO_SPEC, overrides, space_file=tmp_path / "v1.yaml").space
+    assert ARMS["random-v1"].space == ARMS["ours-v1"].space and ARMS["random-v1"].options == {
+        "algorithm": "random"
+    }
+    assert (v1[lr].low, v1[lr].high) == (1e-5, 3e-3)
+    assert (ours[lr].low, ours[lr].high) == pytest.approx((1e-5, 2.5e-4))  # 4e-5..1e-3 per 256, at batch 64
+    assert [p.name for p in v1 if p.name != lr] == [p.name for p in ours if p.name != lr]
+    same = [
+        dataclasses.replace(v1[p.name], source=p.source, explicit=p.explicit) == p
+        for p in ours
+        if p.name != lr
+    ]
+    assert same == [True] * 3  # the rest of the space is today's
+
+
 @pytest.mark.slow
 def test_quick_benchmark_writes_every_arm_seed_curve_and_downstream_figure(tmp_path):
     out = tmp_path / "search.json"
@@ -261,6 +355,32 @@ def test_quick_benchmark_writes_every_arm_seed_curve_and_downstream_figure(tmp_p
     assert set(f["trial_epochs_to_tao_best"]) == {"ours", "random"}
     assert set(f["equal_trial_epochs"]) == {"tao", "random"}
     assert (tmp_path / "search_curves.png").stat().st_size > 1000
+
+    # a new default's report beside the arms of an earlier one (here: the same run's, `ours` renamed)
+    from benchmarks.search.__main__ import main
+
+    again = tmp_path / "again.json"
+    args = [
+        "--quick",
+        "--phase",
+        "report",
+        "--arms",
+        "ours",
+        "--out",
+        str(tmp_path / "runs"),
+        "--json",
+        str(again),
+    ]
+    assert main([*args, "--with-report", f"{out}:ours=ours-v1"]) == 0
+    res2 = json.loads(again.read_text())
+    assert set(res2["runs"]) == {"ours", "ours-v1", "tao", "random"}
+    assert res2["runs"]["ours-v1"] == [{**r, "arm": "ours-v1"} for r in res["runs"]["ours"]]
+    assert res2["arms"]["ours-v1"].endswith("search.json:ours") and set(
+        res2["figures"]["trial_epochs_to_tao_best"]
+    ) == {"ours", "ours-v1", "random"}
+    res["budget"]["epochs"] = 2  # another budget is refused
+    out.write_text(json.dumps(res))
+    assert main([*args, "--with-report", str(out)]) == 2
 
 
 def test_candidate_sampler_changes_only_tpe_and_keeps_the_startup_trials():

@@ -46,6 +46,14 @@ def main(argv: list[str] | None = None) -> int:
         "JSON and PNG from finished work, training nothing; all: everything, then the JSON",
     )
     p.add_argument("--png", default=None, help="curves PNG (default: beside the JSON, <name>_curves.png)")
+    p.add_argument(
+        "--with-report",
+        nargs="+",
+        default=[],
+        metavar="PATH[:ARM=NAME,...]",
+        help="report phase: also the arms of earlier reports of the same budget (e.g. tao, or a previous "
+        "default's ours renamed ours-v1), so that a new default is compared without searching them again",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.trials, args.epochs, args.finetune_epochs = 2, 1, 1, 1
@@ -64,8 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.phase in ("finetune", "probe"):
         finetune_all(args.arms, seeds, data, root, args.finetune_epochs, probe_only=args.phase == "probe")
         return 0
+    args.described = {}
     if args.phase == "report":
         runs = read_all(args.arms, seeds, data, root, args.finetune_epochs)
+        problem = add_earlier(runs, args, budget, seeds)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     else:
         start_ray(args.concurrent)
         ft_epochs = args.finetune_epochs if args.phase == "all" else None
@@ -88,6 +101,23 @@ def main(argv: list[str] | None = None) -> int:
     print_figures(out)
     print(f"\n{json_path} and {png} in {time.time() - t0:.0f} s")
     return 0
+
+
+def add_earlier(runs: dict, args, budget: Budget, seeds: list[int]) -> str | None:
+    """--with-report: each earlier report's arms that this run lacks, on the same seeds and budget."""
+    parsed = [report.parse_report(t) for t in args.with_report]
+    missing = [path for path, _ in parsed if not Path(path).is_file()]
+    if missing:
+        return f"no benchmark report at {', '.join(missing)}"
+    for name, (kind, rs, data, path) in report.arm_sources(parsed).items():
+        if name in runs:
+            continue
+        theirs = {k: data["budget"][k] for k in ("trials", "epochs", "concurrent")}
+        if theirs != {"trials": budget.trials, "epochs": budget.epochs, "concurrent": budget.concurrent}:
+            return f"{path} searched another budget ({theirs}); compare arms of the same budget only"
+        runs[name] = [{**r, "arm": name, "from": f"{path}:{kind}"} for r in rs if r["seed"] in seeds]
+        args.described[name] = f"{ARMS[kind].description if kind in ARMS else kind}; from {path}:{kind}"
+    return None
 
 
 def run_all(arms, seeds, budget, data, root: Path, finetune_epochs: int | None) -> dict[str, list[dict]]:
@@ -199,7 +229,7 @@ def summarize(runs, args, budget: Budget, seconds: float) -> dict:
             "concurrent": budget.concurrent,
             "finetune_epochs": args.finetune_epochs,
         },
-        "arms": {a: ARMS[a].description for a in arms},
+        "arms": {a: args.described.get(a) or ARMS[a].description for a in arms},
         "seeds": sorted({r["seed"] for rs in runs.values() for r in rs}),
         "wall_s": round(seconds, 1),
         "figures": figures,

@@ -1,6 +1,7 @@
 """The searches compared by the benchmark ("arms"), each on the same spec, data, trial budget, concurrency and seed.
 
-  ours     exactly `automl run --policy auto` on examples/demo.yaml: the curated space, TPE + ASHA
+  ours     exactly `automl run --policy auto` on examples/demo.yaml: the curated space, TPE + ASHA (in reports
+           before 2026-12-03, the space of `ours-v1`: see V1_SPACE)
   tao      NVIDIA TAO's default MAE search (the facts in issue 11): --algorithm bayesian (Optuna's GP, every
            trial trained to the end), its five parameters at their validation bounds sampled uniformly, its
            MultiStep schedule, and momentum/backbone_multiplier searched but without effect on training
@@ -63,6 +64,20 @@ parameters:
 """
 
 
+# The default until 2026-12-03 (search_spaces/pretrain.yaml then): an absolute learning-rate range. The arms
+# `ours` and `random` of the reports committed before that date (search.json, search_candidates.json,
+# search_warm.json and their refinetunes) ran this space; `ours-v1` and `random-v1` rerun it.
+V1_SPACE = """\
+# The curated pretraining space until 2026-12-03: the learning rate in an absolute range.
+stage: pretrain
+parameters:
+  train.optim.lr: loguniform(1e-5, 3e-3)
+  train.optim.weight_decay: loguniform(0.02, 0.15)
+  train.optim.lr_scheduler: "choice(cosine: 0.8, MultiStep: 0.2)"
+  train.optim.warmup_epochs: int(0, 10)
+"""
+
+
 @dataclass(frozen=True)
 class Arm:
     name: str
@@ -89,6 +104,17 @@ ARMS: dict[str, Arm] = {
             untie_warmup=True,
         ),
         Arm("random", "our curated space, random search + ASHA", options={"algorithm": "random"}),
+        Arm(
+            "ours-v1",
+            "the default until 2026-12-03: lr in an absolute [1e-5, 3e-3] (TPE + ASHA)",
+            space=V1_SPACE,
+        ),
+        Arm(
+            "random-v1",
+            "random search + ASHA over the default space until 2026-12-03 (lr in [1e-5, 3e-3])",
+            options={"algorithm": "random"},
+            space=V1_SPACE,
+        ),
         Arm("warm", "ours warm-started from a finished `ours` search on seed + 1", warm_from="ours"),
         # candidate defaults (issue 11, point 3): adopted only if they measurably win on the selected encoder
         Arm(

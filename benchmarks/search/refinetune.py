@@ -1,6 +1,7 @@
 """The encoders each arm selected, trained again bit for bit and finetuned with a recipe that converges.
 
-    python -m benchmarks.search.refinetune [--report benchmarks/results/search.json] [--arms ours tao random]
+    python -m benchmarks.search.refinetune [--report benchmarks/results/search.json [PATH[:ARM=NAME,...] ...]]
+        [--arms ours tao random]
         [--seeds 10] [--finetune-epochs 40] [--scratch-seeds 3] [--out results/bench_refinetune_exact]
         [--reuse benchmarks/results/search_refinetune.json ...]
 
@@ -16,7 +17,9 @@ the JSON; retrained in a newly built environment, 6 of 20 encoders matched train
 differed by one or two val images, a cause not pinned down). The encoder is then finetuned with the benchmark's
 recipe (benchmarks.search.downstream.RECIPE) for --finetune-epochs, top-1 on the digits' test split. The control:
 the same finetune from a random initialisation (--scratch-seeds), what pretraining adds at all. Finished work in --out is read back, and so are the records of
-an earlier refinetune JSON (--reuse) with the same selection and finetune length. Writes
+an earlier refinetune JSON (--reuse) with the same selection and finetune length. Arms may come from several
+reports (each from the first that holds it; PATH:ours=ours-v1 renames a report's arm), so that a new default is
+judged beside the arms of an earlier benchmark without searching them again. Writes
 benchmarks/results/search_refinetune.json with report.downstream's figures (paired by seed) and the Spearman of
 the selected encoders' train_loss, knn_acc and probe with their finetune top-1.
 """
@@ -98,11 +101,22 @@ def reusable(paths: list[str], finetune_epochs: int) -> tuple[dict, dict]:
     return runs, scratch
 
 
+def same_encoder(a: dict | None, b: dict | None) -> bool:
+    """Two selections that train the same encoder: the same configuration for the same epochs."""
+    return bool(a and b) and a["config"] == b["config"] and a["epoch"] == b["epoch"]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks.search.refinetune", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument("--report", default=str(REPO / "benchmarks" / "results" / "search.json"))
+    p.add_argument(
+        "--report",
+        nargs="+",
+        default=[str(REPO / "benchmarks" / "results" / "search.json")],
+        help="benchmark reports (an arm is taken from the first that has it); PATH:ARM=NAME,... renames that "
+        "report's arms, e.g. an earlier default's `ours` as ours-v1",
+    )
     p.add_argument("--arms", nargs="+", default=["ours", "tao", "random"])
     p.add_argument("--seeds", type=int, default=10, help="the report's first N seeds")
     p.add_argument("--finetune-epochs", type=int, default=40)
@@ -125,35 +139,63 @@ def main(argv: list[str] | None = None) -> int:
     from mae.data.digits import build_digits_dataset
     from mae.fileio import atomic_write_text
 
-    missing = [f for f in [args.report, *args.reuse] if not Path(f).is_file()]
+    reports = [report.parse_report(r) for r in args.report]
+    missing = [f for f in [*(path for path, _ in reports), *args.reuse] if not Path(f).is_file()]
     if missing:
         print(f"error: no benchmark report or refinetune JSON at {', '.join(missing)}", file=sys.stderr)
         return 2
     earlier, earlier_scratch = reusable(args.reuse, args.finetune_epochs)
-    source = json.loads(Path(args.report).read_text())
-    unknown = [a for a in args.arms if a not in source["runs"] or a not in ARMS]
+    sources = report.arm_sources(reports)
+    unknown = [a for a in args.arms if a not in sources or sources[a][0] not in ARMS]
     if unknown:
         print(
-            f"error: {', '.join(unknown)} not in {args.report} (arms: {', '.join(source['runs'])})",
+            f"error: {', '.join(unknown)} not in {', '.join(args.report)} (arms: {', '.join(sources)})",
             file=sys.stderr,
         )
         return 2
+    epochs = {sources[a][2]["budget"]["epochs"] for a in args.arms}
+    if len(epochs) != 1:
+        print(f"error: the reports' arms pretrained for different epochs ({sorted(epochs)})", file=sys.stderr)
+        return 2
+    epochs = epochs.pop()
     setup_logging()
     t0 = time.time()
     root = Path(args.out).resolve()
     data = build_digits_dataset(root / "data")
-    epochs = source["budget"]["epochs"]
     runs: dict[str, list[dict]] = {a: [] for a in args.arms}
     for seed in range(args.seeds):  # seed by seed, arms alternating: a stopped run leaves paired seeds
         for arm in args.arms:
-            run = next(r for r in source["runs"][arm] if r["seed"] == seed)
+            kind, source_runs, _, _ = sources[arm]  # kind: the arm's name in its report (ARMS' key)
+            run = next(r for r in source_runs if r["seed"] == seed)
             rec = {"seed": seed, "selected": run["selected"], "source_finetune": run.get("finetune")}
-            old = earlier.get((arm, seed))
-            if old is not None and old["selected"] == run["selected"]:
-                rec = old  # the same encoder, already retrained and finetuned at this length
+            origin = run.get("from", kind).rpartition(":")[2]  # the arm's name in the report it came from
+            old = next(
+                (
+                    c
+                    for c in (earlier.get((n, seed)) for n in (arm, kind, origin))
+                    if c and c["selected"] == run["selected"]
+                ),
+                None,
+            )
+            # or this run's record of the same encoder in an arm trained the same way (ours and random often
+            # select the same start-up configuration)
+            old = old or next(
+                (
+                    runs[a][-1]
+                    for a in runs
+                    if runs[a]
+                    and runs[a][-1]["seed"] == seed
+                    and ARMS[sources[a][0]].overrides == ARMS[kind].overrides
+                    and same_encoder(runs[a][-1]["selected"], run["selected"])
+                ),
+                None,
+            )
+            if old is not None and run["selected"] is not None:
+                # the same encoder, already retrained and finetuned at this length
+                rec = {**old, "selected": run["selected"], "source_finetune": run.get("finetune")}
             elif run["selected"] is not None:
                 where = root / f"{arm}-{seed}"
-                encoder = pretrain_selected(run, arm, epochs, data, where / "pretrain")
+                encoder = pretrain_selected(run, kind, epochs, data, where / "pretrain")
                 rec["pretrain"] = reproduction(run, encoder)
                 rec["probe"] = probe_top1(encoder, data, where / "probe")
                 rec["finetune"] = finetune_top1(
@@ -173,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"refinetune: no pretraining, seed {seed}: finetune top-1 {res['top1']}", flush=True)
     out = {
         "command": "python -m benchmarks.search.refinetune " + " ".join(sys.argv[1:]),
-        "report": report.repo_relative(args.report),
+        "report": [report.repo_relative(path) for path, _ in reports],
+        "arms_from": {a: f"{report.repo_relative(sources[a][3])}:{sources[a][0]}" for a in args.arms},
         "pretrain_epochs": epochs,
         "finetune_epochs": args.finetune_epochs,
         "seeds": args.seeds,

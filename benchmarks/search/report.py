@@ -239,6 +239,23 @@ def plot_curves(runs: dict[str, list[dict]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def parse_report(text: str) -> tuple[str, dict[str, str]]:
+    """'PATH' or 'PATH:ours=ours-v1,random=random-v1' -> (PATH, {name in the report: name here})."""
+    path, sep, renames = text.partition(":")
+    pairs = [r.partition("=") for r in renames.split(",")] if sep else []
+    return path, {old.strip(): new.strip() for old, _, new in pairs}
+
+
+def arm_sources(reports: list[tuple[str, dict[str, str]]]) -> dict[str, tuple[str, list, dict, str]]:
+    """name -> (the arm's name in its report, its runs, the report, the report's path); the first report wins."""
+    out: dict[str, tuple[str, list, dict, str]] = {}
+    for path, renames in reports:
+        data = json.loads(Path(path).read_text())
+        for arm, runs in data["runs"].items():
+            out.setdefault(renames.get(arm, arm), (arm, runs, data, path))
+    return out
+
+
 def repo_relative(path: str | Path) -> str:
     """A path as the committed JSON records it: relative to the repository when inside it."""
     p = Path(path).resolve()
