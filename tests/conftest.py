@@ -46,6 +46,29 @@ def _hermetic_cache(tmp_path_factory):
             os.environ[k] = v
 
 
+@pytest.fixture(autouse=True)
+def _restore_process_state():
+    """A CLI's main() run in-process (benchmarks, `mae`, `automl`) may point MLflow elsewhere through the
+    environment and hand the package loggers a handler on pytest's captured stderr, which is closed after the
+    test: both are put back, so that later tests log where they expect to."""
+    import logging
+    import os
+
+    env = {k: os.environ.get(k) for k in ("MAE_CACHE_DIR", "MLFLOW_TRACKING_URI")}
+    loggers = {n: logging.getLogger(n) for n in ("mae", "automl")}
+    saved = {n: (lg.handlers[:], lg.level, lg.propagate) for n, lg in loggers.items()}
+    yield
+    for k, v in env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    for n, lg in loggers.items():
+        handlers, level, lg.propagate = saved[n]
+        lg.handlers[:] = handlers
+        lg.setLevel(level)  # (setLevel, not .level: the loggers cache their effective level)
+
+
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory) -> dict[str, Path]:
     """scikit-learn's real digits as images_{train,val,test}.tar.gz of class folders (32x32 RGB PNG)."""

@@ -316,8 +316,10 @@ def test_the_previous_default_arm_searches_the_absolute_range_the_default_now_sc
 
 
 @pytest.mark.slow
-def test_quick_benchmark_writes_every_arm_seed_curve_and_downstream_figure(tmp_path):
+def test_quick_benchmark_writes_every_arm_seed_curve_and_downstream_figure(tmp_path, monkeypatch):
     out = tmp_path / "search.json"
+    # main() below runs in this process and points MLflow at its own store unless one is set: keep it here
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
         [
@@ -374,7 +376,9 @@ def test_quick_benchmark_writes_every_arm_seed_curve_and_downstream_figure(tmp_p
     assert main([*args, "--with-report", f"{out}:ours=ours-v1"]) == 0
     res2 = json.loads(again.read_text())
     assert set(res2["runs"]) == {"ours", "ours-v1", "tao", "random"}
-    assert res2["runs"]["ours-v1"] == [{**r, "arm": "ours-v1"} for r in res["runs"]["ours"]]
+    assert res2["runs"]["ours-v1"] == [
+        {**r, "arm": "ours-v1", "from": f"{out}:ours"} for r in res["runs"]["ours"]
+    ]
     assert res2["arms"]["ours-v1"].endswith("search.json:ours") and set(
         res2["figures"]["trial_epochs_to_tao_best"]
     ) == {"ours", "ours-v1", "random"}

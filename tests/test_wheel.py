@@ -175,7 +175,11 @@ def test_wheel_install_finds_schemas_and_search_spaces(tmp_path):
     assert facts["resource_schema"] and facts["resource_space"]
     # the plan read the installed curated space (its parameters, labelled as curated) and the train schema
     assert facts["plan_space_file"] == str(site / "mae" / "search_spaces" / "pretrain.yaml")
-    assert facts["plan_sources"] == ["search_spaces/pretrain.yaml"]
+    # (the learning rate's source also says how its per-256 range was scaled to the spec's batch)
+    assert facts["plan_sources"] == [
+        "search_spaces/pretrain.yaml",
+        "search_spaces/pretrain.yaml: [4e-05, 0.001] per 256 images, scaled to 64 per step",
+    ]
     curated = yaml.safe_load((REPO / "search_spaces" / "pretrain.yaml").read_text())["parameters"]
     assert facts["plan_names"] == sorted(curated)
 
