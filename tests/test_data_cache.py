@@ -4,6 +4,7 @@ MAE_CACHE_MAX_GB evicts the least recently used entries that no process uses; `m
 from __future__ import annotations
 
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -125,6 +126,7 @@ def age(cache: Path, source: Path, seconds_ago: float) -> None:
 
 
 def test_cap_evicts_least_recently_used_entries(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="mae.data")  # the eviction notices are INFO lines
     cache = tmp_path / "cache"
     a, b, c = archives(tmp_path, 3)
     prepare_elsewhere(cache, a, b)
@@ -144,6 +146,7 @@ def test_cap_evicts_least_recently_used_entries(tmp_path, monkeypatch, caplog):
 
 
 def test_cap_never_evicts_an_entry_in_use(tmp_path, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="mae.data")  # the eviction notices are INFO lines
     cache = tmp_path / "cache"
     a, b = archives(tmp_path, 2)
     flag = tmp_path / "release"
