@@ -194,7 +194,18 @@ def test_refinetune_takes_each_arm_from_the_first_report_that_has_it_renamed_as_
     )
     # the new `ours` selected another encoder: the earlier record is not taken for it
     earlier, _ = refinetune.reusable([str(tmp_path / "done.json")], 40)
-    assert earlier[("ours", 0)]["selected"] != sources["ours"][1][0]["selected"]
+    assert [r["selected"] for r in earlier[("ours", 0)]] == [sel(2e-3)] != [sources["ours"][1][0]["selected"]]
+    # two earlier JSONs that each call another encoder `ours` (today's default's and the previous one's): each
+    # arm takes the record of its own selection, whichever JSON holds it, and nothing is trained
+    mine = {"seed": 0, "selected": sel(2e-4), "pretrain": {"reproduced": True}, "finetune": {"top1": 0.99}}
+    (tmp_path / "done_new.json").write_text(json.dumps({"finetune_epochs": 40, "runs": {"ours": [mine]}}))
+    both = [*args[: args.index("--arms")], "--arms", "ours", "ours-v1", "tao", *args[args.index("--seeds") :]]
+    both += [str(tmp_path / "done_new.json")]  # after done.json on --reuse
+    assert refinetune.main(both) == 0
+    runs = json.loads((tmp_path / "out.json").read_text())["runs"]
+    assert runs["ours"] == [{**mine, "source_finetune": None}]
+    assert runs["ours-v1"] == [{**records["ours"], "source_finetune": None}]
+    assert not (tmp_path / "r" / "ours-0").exists()
     # arms that pretrained for different lengths are refused
     old["budget"]["epochs"] = 5
     (tmp_path / "old.json").write_text(json.dumps(old))

@@ -88,16 +88,20 @@ def reproduction(run: dict, train: Path) -> dict:
 
 
 def reusable(paths: list[str], finetune_epochs: int) -> tuple[dict, dict]:
-    """Records of earlier refinetune JSONs at the same finetune length: (arm, seed) -> record, seed -> control."""
-    runs: dict[tuple[str, int], dict] = {}
+    """Records of earlier refinetune JSONs at the same finetune length: (arm, seed) -> [record, ...] in the
+    order of `paths` (the same arm name may mean another space in another JSON: the caller matches the
+    selection), seed -> control (the first JSON that has it)."""
+    runs: dict[tuple[str, int], list[dict]] = {}
     scratch: dict[int, dict] = {}
     for path in paths:
         old = json.loads(Path(path).read_text())
         if old.get("finetune_epochs") != finetune_epochs:
             continue
         for arm, recs in old["runs"].items():
-            runs.update({(arm, r["seed"]): r for r in recs})
-        scratch.update({r["seed"]: r for r in old.get("no_pretraining", {}).get("runs", [])})
+            for r in recs:
+                runs.setdefault((arm, r["seed"]), []).append(r)
+        for r in old.get("no_pretraining", {}).get("runs", []):
+            scratch.setdefault(r["seed"], r)
     return runs, scratch
 
 
@@ -172,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
             old = next(
                 (
                     c
-                    for c in (earlier.get((n, seed)) for n in (arm, kind, origin))
-                    if c and c["selected"] == run["selected"]
+                    for n in (arm, kind, origin)
+                    for c in earlier.get((n, seed), [])
+                    if c["selected"] == run["selected"]
                 ),
                 None,
             )
