@@ -30,6 +30,17 @@ def data_dir(tmp_path) -> Path:
     return d
 
 
+def _restore_env(saved: dict) -> None:
+    """Put environment variables back as `saved` ({name: value or None for unset}) holds them."""
+    import os
+
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _hermetic_cache(tmp_path_factory):
     """Data-source cache and MLflow in temporary folders: tests never touch ~/.cache or a tracking server."""
@@ -39,11 +50,7 @@ def _hermetic_cache(tmp_path_factory):
     os.environ["MAE_CACHE_DIR"] = str(tmp_path_factory.mktemp("mae_cache"))
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     yield
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    _restore_env(saved)
 
 
 @pytest.fixture(autouse=True)
@@ -58,11 +65,7 @@ def _restore_process_state():
     loggers = {n: logging.getLogger(n) for n in ("mae", "automl")}
     saved = {n: (lg.handlers[:], lg.level, lg.propagate) for n, lg in loggers.items()}
     yield
-    for k, v in env.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    _restore_env(env)
     for n, lg in loggers.items():
         handlers, level, lg.propagate = saved[n]
         lg.handlers[:] = handlers
