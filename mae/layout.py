@@ -61,6 +61,18 @@ class TrainLayout:
     def classes(self) -> Path:
         return self.root / CLASSES_FILE
 
+    @property
+    def finished(self) -> bool:
+        """Whether the run's last word in status.json is SUCCESS (a failed, interrupted or resumed-and-running
+        run is not finished; a line torn by a crash neither)."""
+        if not self.status.exists():
+            return False
+        lines = self.status.read_text().splitlines()
+        try:
+            return bool(lines) and json.loads(lines[-1]).get("status") == "SUCCESS"
+        except json.JSONDecodeError:
+            return False
+
     def epoch_metrics(self) -> dict[int, dict]:
         """The metrics of each finished epoch in status.json, by epoch (counted from 0), {} before the first;
         the final SUCCESS line repeats the best epoch's metrics without an epoch and is left out."""

@@ -13,6 +13,7 @@ from mae.engine.checkpoints import load_checkpoint_file
 from mae.engine.modules import NonFiniteLossError
 from mae.engine.trainer import run_training
 from mae.errors import CheckpointError, ConfigError
+from mae.layout import TrainLayout
 from mae.spec import load_spec
 
 TINY = [
@@ -63,7 +64,11 @@ def test_resume_after_crash_equals_uninterrupted(tmp_path, digits_small):
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_training(cfg, mlflow=False, callbacks=[CrashAtEpoch(1)])
     assert status_lines(tmp_path / "b" / "train" / "status.json")[-1]["status"] == "FAILURE"
+    assert (
+        TrainLayout(tmp_path / "a" / "train").finished and not TrainLayout(tmp_path / "b" / "train").finished
+    )
     resumed = run_training(cfg, mlflow=False)  # finds train/checkpoints/last.ckpt by itself
+    assert TrainLayout(tmp_path / "b" / "train").finished
     a, b = state(full.last_checkpoint), state(resumed.last_checkpoint)
     assert a.keys() == b.keys()
     for k in a:

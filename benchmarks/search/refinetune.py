@@ -50,8 +50,7 @@ def pretrain_selected(run: dict, arm: str, epochs: int, data: dict, out: Path) -
     from mae.spec import load_spec
 
     train = out / "train"
-    status = TrainLayout(train).status
-    if status.exists() and '"SUCCESS"' in status.read_text():  # a finished pretrain is read back
+    if TrainLayout(train).finished:  # a finished pretrain is read back
         return train
     config = {k: v for k, v in run["selected"]["config"].items() if k not in TAO_IGNORED}
     cfg = load_spec(
