@@ -4,12 +4,23 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint format schemas schemas-check bench clean
+.PHONY: demo test test-fast lint format schemas schemas-check bench clean lock venv
 
-$(STAMP): pyproject.toml
+LOCK := constraints.txt
+LOCK_PYTHON := 3.11
+
+# The lock pins every package to the versions the last `make test` passed on; it was written on Python
+# $(LOCK_PYTHON), whose wheels other Pythons may lack, so they install from pyproject.toml's ranges (and say so).
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	@if [ "$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')" = "$(LOCK_PYTHON)" ]; then \
+		echo "$(PY) -m pip install --quiet -c $(LOCK) -e '.[dev]'"; \
+		$(PY) -m pip install --quiet -c $(LOCK) -e '.[dev]'; \
+	else \
+		echo "note: $(LOCK) is for Python $(LOCK_PYTHON); installing the newest versions pyproject.toml allows"; \
+		$(PY) -m pip install --quiet -e '.[dev]'; \
+	fi
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -41,6 +52,11 @@ schemas: $(STAMP)
 
 schemas-check: $(STAMP)
 	$(PY) -m mae.schemas --check
+
+## Rewrite constraints.txt from .venv (after changing dependencies and a passing `make test`).
+lock: $(STAMP)
+	@{ sed -n '/^#/p' $(LOCK); $(PY) -m pip freeze --exclude-editable; } > $(LOCK).tmp && mv $(LOCK).tmp $(LOCK)
+	@echo "$(LOCK): $$(grep -vc '^#' $(LOCK)) packages pinned"
 
 clean:
 	rm -rf demo_results .pytest_cache
