@@ -159,3 +159,12 @@ def test_quick_benchmark_writes_every_arm_and_seed(tmp_path):
     assert set(res["median_curves"]) == {"ours", "weighted-balanced"}
     assert res["arms"]["weighted-balanced"]["objective_weights"] == [1.0, pytest.approx(1.0 / limit)]
     assert (tmp_path / "mo.png").stat().st_size > 1000
+
+
+def test_shapes_takes_the_seed_from_seeds_only(capsys):
+    from benchmarks.multi_objective import shapes
+
+    # a seed in --set would be overridden by --seeds' value without a word: refused before anything trains
+    with pytest.raises(SystemExit) as e:
+        shapes.main(["--seeds", "1", "--set", "dataset.batch_size=16", "train.seed = 3"])
+    assert e.value.code == 2 and "--seeds, not --set train.seed" in capsys.readouterr().err
