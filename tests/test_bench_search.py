@@ -399,17 +399,17 @@ def test_quick_benchmark_writes_every_arm_seed_curve_and_downstream_figure(tmp_p
 
 
 def test_candidate_sampler_changes_only_tpe_and_keeps_the_startup_trials():
-    import automl.runner as runner
+    import automl.tuner as tuner
     from benchmarks.search.arms import candidate_sampler
 
-    plain = runner.make_sampler("tpe", 0, 12)
+    plain = tuner.make_sampler("tpe", 0, 12)
     with candidate_sampler({"multivariate": True, "group": True, "constant_liar": True}):
-        cand = runner.make_sampler("tpe", 0, 12)
-        rand = runner.make_sampler("random", 0, 12)
+        cand = tuner.make_sampler("tpe", 0, 12)
+        rand = tuner.make_sampler("random", 0, 12)
     assert cand._multivariate and cand._group and cand._constant_liar
     assert not plain._multivariate and cand._n_startup_trials == plain._n_startup_trials == 4
     assert type(rand).__name__ == "RandomSampler"
-    assert not runner.make_sampler("tpe", 0, 12)._multivariate  # restored
+    assert not tuner.make_sampler("tpe", 0, 12)._multivariate  # restored
 
 
 def test_each_candidate_is_paired_by_seed_against_every_other_arm():

@@ -200,9 +200,9 @@ def candidate_sampler(tpe: dict[str, Any] | None) -> Iterator[None]:
     if tpe is None:
         yield
         return
-    import automl.runner as runner
+    import automl.tuner as tuner  # where the runner's searcher is built
 
-    original = runner.make_sampler
+    original = tuner.make_sampler
 
     def make_sampler(searcher: str, seed: int, max_trials: int):
         sampler = original(searcher, seed, max_trials)
@@ -213,8 +213,8 @@ def candidate_sampler(tpe: dict[str, Any] | None) -> Iterator[None]:
         startup = sampler._n_startup_trials
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, **tpe)
 
-    runner.make_sampler = make_sampler
+    tuner.make_sampler = make_sampler
     try:
         yield
     finally:
-        runner.make_sampler = original
+        tuner.make_sampler = original
