@@ -91,6 +91,7 @@ def search_algorithm(r: dict[str, Any], search: Search, session: RaySession) -> 
 
 
 def new_tuner(r, *, search: Search, session, storage, trainable, callbacks, stopper, reuse: bool):
+    """The Tuner of a new round `r` (its name and trial count): storage is (path, pyarrow filesystem or None)."""
     from ray import tune
 
     plan, options = search.plan, search.options
