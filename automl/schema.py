@@ -4,27 +4,9 @@
     space = load_search_space(path, ["train.optim.lr", "train.mask_ratio"])
     space.bind(spec_values).sample(rng)                                 # {dotted key: value}
 
-What is read (docs/automl_search_spaces.md):
-  type            standard JSON Schema (number, integer, boolean, string + enum, a list with "null") and TAO's
-                  (float, int, bool, categorical, ordered_int, ordered); collection/list/array/object/const
-                  and free strings are never searched.
-  bounds          minimum/maximum, exclusiveMinimum/exclusiveMaximum (draft 2020 numbers or draft 4 booleans);
-                  `Infinity` (JSON literal or the strings "inf"/"Infinity") for an open end.
-  math_cond       "> 0.0" ">= 0" "< 1" "<= 1" (strict/inclusive bounds), "^ 2" (powers), "/ 32" (multiples),
-                  "> depends_on" ">= depends_on" "< depends_on" "<= depends_on" (against the depends_on key).
-  depends_on      the key a relational math_cond compares with (searched: sampled first; otherwise the value
-                  comes from the user's spec). Without a relational math_cond it only orders the sampling.
-  parent_param    true / "TRUE": sampled first among parameters that do not depend on each other.
-  option_weights  relative probabilities of the `enum` values (for a bool without enum: of [false, true]).
-  automl_default_parameters / automl_disabled_parameters (root, else the union of the per-object lists):
-                  the default searched list, and leaves that are never searched. TAO also lists every container
-                  object there (containers are never searched themselves): a listed container does NOT disable
-                  the leaves below it (TAO's MAE schema disables `train.optim` and searches `train.optim.lr`).
-  automl_enabled  false: never searched.
-  ours            `log_scale: true` (search on a log scale) and `automl_range: [low, high]` (the default search
-                  range inside the validation bounds). Without automl_range (TAO) the search range is the
-                  validation bounds themselves; an infinite bound then needs a range from a search-space file
-                  or --param, and says so.
+What is read in either dialect (types, bounds and Infinity, math_cond, depends_on, parent_param,
+option_weights, the automl_* lists, our log_scale and automl_range) is described once, in
+docs/automl_search_spaces.md under "What the reader understands".
 
 Every problem is reported at once, one line each, naming the parameter.
 """
