@@ -166,7 +166,7 @@ class Refinement:
     weights: list[float] | None = None
     when: dict[str, list] | None = None
     kind: str | None = None  # the kind the expression implies (uniform -> float, int -> int), checked
-    per_batch: int | None = None  # low/high are for this many images per optimizer step (scaled by build_space)
+    per_batch: int | None = None  # low/high hold at this many images per optimizer step (build_space scales)
     source: str = ""
     text: str = ""  # the user's words, for messages
     explicit: bool = True
