@@ -410,6 +410,9 @@ def test_candidate_sampler_changes_only_tpe_and_keeps_the_startup_trials():
     assert not plain._multivariate and cand._n_startup_trials == plain._n_startup_trials == 4
     assert type(rand).__name__ == "RandomSampler"
     assert not tuner.make_sampler("tpe", 0, 12)._multivariate  # restored
+    # the round's searcher is built through the module-level name the patch replaces (a move of that code
+    # elsewhere would leave candidate arms on plain TPE without a word)
+    assert "make_sampler" in tuner.search_algorithm.__code__.co_names
 
 
 def test_each_candidate_is_paired_by_seed_against_every_other_arm():
