@@ -168,3 +168,6 @@ def test_shapes_takes_the_seed_from_seeds_only(capsys):
     with pytest.raises(SystemExit) as e:
         shapes.main(["--seeds", "1", "--set", "dataset.batch_size=16", "train.seed = 3"])
     assert e.value.code == 2 and "--seeds, not --set train.seed" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # a malformed override is refused the same way, before any work
+        shapes.main(["--set", "dataset.batch_size"])
+    assert e.value.code == 2 and "expected key=value" in capsys.readouterr().err

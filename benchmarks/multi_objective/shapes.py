@@ -103,7 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/bench_mo_shapes", help="runs folder, kept and read back")
     p.add_argument("--json", default=str(REPO / "benchmarks/results/multi_objective_shapes.json"))
     args = p.parse_args(argv)
-    if any(o.split("=")[0].strip() == "train.seed" for o in args.set):
+    from mae.errors import ConfigError
+    from mae.spec import parse_override
+
+    try:
+        set_keys = [parse_override(o)[0] for o in args.set]
+    except ConfigError as e:
+        p.error(f"--set {e}")
+    if "train.seed" in set_keys:
         p.error("give the seed with --seeds, not --set train.seed=...")
 
     import torch
@@ -128,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
                 folder = root / (f"{shape}-lr{lr:g}{tag}" + (f"-seed{seed}" if seed else ""))
                 res = train_shape(spec, data, shape, lr, args.epochs, folder, tuple(args.set), seed)
                 res.setdefault("seed", seed)  # records from before --seeds have none; the folder names it
+                if len(res["val_top1_by_epoch"]) != args.epochs:  # the folder name does not hold the epochs
+                    p.error(
+                        f"{folder} holds a run of {len(res['val_top1_by_epoch'])} epochs: give another --out"
+                    )
                 res["latency_ms"] = round(float(profile[shape]["latency_ms"]), 3)
                 runs.append(res)
                 print(
